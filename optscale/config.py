@@ -1,0 +1,375 @@
+"""One typed, frozen run configuration, with named profiles and dotted overrides.
+
+Defaults live here. A profile (``profiles/<name>.yaml``) overrides them, may ``extends:``
+another profile, and command-line / papermill overrides (``"sampling.temperature=0.5"``) come
+last. Unknown keys raise at load time (papermill itself only warns). Constructing a config does
+no I/O: validation only.
+
+Sections (one dataclass each):
+
+- ``data``: where the benchmarks live and which are used.
+- ``sampling``: the generator (backend, model, decoding, per-benchmark caps and pool sizes).
+- ``scoring``: scorers run on every sample.
+- ``pools``: where pools are stored, replay settings.
+- ``theory`` / ``fit``: the bound and distribution fits (notebooks 01, 02).
+- ``predictor``: the question-only prior predictor (notebook 03).
+- ``evaluation``: stopping policies, calibration split, bootstrap (notebooks 05, 06).
+- ``systems``: particle filtering, MarkovScale, OptPO (notebooks 07+).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = [
+    "BENCHMARKS",
+    "RunConfig",
+    "ConfigError",
+    "load_config",
+    "profile_path",
+    "available_profiles",
+    "PROJECT_ROOT",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = PROJECT_ROOT / "profiles"
+BENCHMARKS = ("math500", "gsm8k", "aime24", "aime25", "amc23")
+
+
+class ConfigError(ValueError):
+    """A profile or override that does not fit the config schema."""
+
+
+def _per_benchmark(**values: int) -> dict[str, int]:
+    return dict(values)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Directory holding test_prompts/, predictor_labels/, reference/ (the shared release).
+    # None: $OPTSCALE_DATA_DIR, else ../shared/data/optscale next to the project.
+    data_dir: str | None = None
+    benchmarks: tuple[str, ...] = BENCHMARKS
+    # Questions per benchmark (first k in file order); 0 = all.
+    max_questions: dict[str, int] = field(
+        default_factory=lambda: _per_benchmark(math500=64, gsm8k=64, aime24=0, aime25=0, amc23=0)
+    )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    backend: str = "hf-cpu"  # registry name: hf-cpu | llama-cpp | vllm | openai
+    model: str = "qwen2.5-coder-0.5b-instruct-q4"  # embedded GGUF name, local path or hub id
+    dtype: str = "bfloat16"  # bf16 is ~2x fp32 on this CPU (benchmarks/bench_sampler.py)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    batch_size: int = 16  # sequences per generate() call
+    prompt_template: str = "solve.txt"  # file in optscale/prompts/
+    top_k_logprobs: int = 5  # DeepConf-style token confidence uses the top-k log-probs
+    # Samples per question and token cap per sample, per benchmark.
+    n_samples: dict[str, int] = field(
+        default_factory=lambda: _per_benchmark(math500=16, gsm8k=16, aime24=8, aime25=8, amc23=8)
+    )
+    max_new_tokens: dict[str, int] = field(
+        default_factory=lambda: _per_benchmark(math500=512, gsm8k=320, aime24=512, aime25=512, amc23=512)
+    )
+    # Remote / GPU backends.
+    endpoints: tuple[str, ...] = ()  # OpenAI-compatible base URLs, e.g. http://host:8000/v1
+    max_in_flight_per_endpoint: int = 8
+    request_timeout_s: float = 600.0
+    max_retries: int = 5
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    scorers: tuple[str, ...] = ("self-certainty", "lm-judge")
+    primary: str = "lm-judge"  # the scorer policies use unless told otherwise
+    aggregation: str = "mean"  # step-score aggregation: mean | min | last | prod (paper: mean)
+    judge_template: str = "judge.txt"
+    max_steps: int = 24  # later steps are merged into the last one for judging
+    prm_model: str = "Qwen/Qwen2.5-Math-PRM-7B"  # GPU PRM (scorer "prm")
+    prm_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    pool_dir: str = "data/pools"
+    pool_name: str = "qwen2.5-coder-0.5b-q4_t0.7_seed0"
+    replay_orders: int = 200  # seeded random sample orders per question for replay
+    replay_seed: int = 12345
+
+
+@dataclass(frozen=True)
+class TheoryConfig:
+    deltas: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
+    mc_questions: int = 2000
+    mc_trials: int = 2000
+    max_N: int = 64
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    family: str = "truncnorm"
+    peeks: tuple[int, ...] = (3, 5, 10, 20)
+    prior_strength: float = 1.0
+    mu_bounds: tuple[float, float] = (-1.0, 2.0)
+    sigma_bounds: tuple[float, float] = (1e-3, 2.0)
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    backbone: str = "minilm"
+    head: str = "ridge"
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    epochs: int = 200
+    use_metadata: bool = False
+    bootstrap_reps: int = 1000
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    policies: tuple[str, ...] = ()  # empty = all registered
+    max_N: int = 16
+    calibration_fraction: float = 0.5
+    split_seed: int = 0
+    bootstrap_reps: int = 2000
+    ci_level: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SystemsConfig:
+    particles: tuple[int, ...] = (1, 2, 4, 8, 16)
+    pf_temperature: float = 1.0
+    pf_max_steps: int = 12
+    markov_rounds: int = 3
+    optpo_threshold: float = 0.95
+    questions: int = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    profile: str = "cpu"
+    run_id: str = ""  # empty: derived from profile and time by run_all.sh
+    output_root: str = "outputs"
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    pools: PoolConfig = field(default_factory=PoolConfig)
+    theory: TheoryConfig = field(default_factory=TheoryConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- conveniences -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=list)
+
+    def replace(self, overrides: Mapping[str, Any] | None = None, **flat: Any) -> "RunConfig":
+        """A copy with nested overrides (``{"sampling": {"seed": 1}}``) or dotted keys."""
+        merged = self.to_dict()
+        _deep_update(merged, _expand_dotted({**(overrides or {}), **flat}), path="")
+        return _from_dict(RunConfig, merged, path="")
+
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / (self.run_id or self.profile)
+
+
+def _validate(cfg: RunConfig) -> None:
+    s, d = cfg.sampling, cfg.data
+    unknown = set(d.benchmarks) - set(BENCHMARKS)
+    if unknown:
+        raise ConfigError(f"data.benchmarks: unknown {sorted(unknown)}; known {list(BENCHMARKS)}")
+    for name, table in (
+        ("data.max_questions", d.max_questions),
+        ("sampling.n_samples", s.n_samples),
+        ("sampling.max_new_tokens", s.max_new_tokens),
+    ):
+        missing = [b for b in d.benchmarks if b not in table]
+        if missing:
+            raise ConfigError(f"{name}: no value for {missing}")
+        bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 0}
+        if bad:
+            raise ConfigError(f"{name}: values must be non-negative integers, got {bad}")
+    if not 0.0 <= s.temperature <= 5.0:
+        raise ConfigError(f"sampling.temperature={s.temperature} outside [0, 5]")
+    if not 0.0 < s.top_p <= 1.0:
+        raise ConfigError(f"sampling.top_p={s.top_p} outside (0, 1]")
+    if s.batch_size < 1:
+        raise ConfigError("sampling.batch_size must be >= 1")
+    if cfg.scoring.primary not in cfg.scoring.scorers:
+        raise ConfigError(
+            f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}"
+        )
+    if cfg.scoring.aggregation not in ("mean", "min", "last", "prod"):
+        raise ConfigError(f"scoring.aggregation={cfg.scoring.aggregation!r}: use mean|min|last|prod")
+    if not 0.0 < cfg.evaluation.calibration_fraction < 1.0:
+        raise ConfigError("evaluation.calibration_fraction must be in (0, 1)")
+    if not 0.0 < cfg.predictor.test_fraction < 1.0:
+        raise ConfigError("predictor.test_fraction must be in (0, 1)")
+    lo, hi = cfg.fit.mu_bounds
+    if not lo < hi:
+        raise ConfigError("fit.mu_bounds must be (low, high) with low < high")
+
+
+# -- dict <-> dataclass ---------------------------------------------------------------------
+def _expand_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _deep_update(base: dict[str, Any], new: Mapping[str, Any], path: str) -> None:
+    for k, v in new.items():
+        where = f"{path}{k}"
+        if k not in base:
+            close = [c for c in base if c.startswith(k[:3])]
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ConfigError(f"unknown config key {where!r}{hint}")
+        if isinstance(base[k], dict) and isinstance(v, Mapping):
+            # Per-benchmark tables are replaced key by key; sections recurse.
+            _deep_update(base[k], v, path=where + ".") if _is_section(base[k]) else base[k].update(v)
+        else:
+            base[k] = v
+
+
+def _is_section(d: dict[str, Any]) -> bool:
+    # A per-benchmark table has only benchmark names as keys; sections have field names.
+    return not set(d) <= set(BENCHMARKS) or not d
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    kwargs: dict[str, Any] = {}
+    names = {f.name: f for f in fields(cls)}
+    for k, v in data.items():
+        if k not in names:
+            raise ConfigError(f"unknown config key {path + k!r}")
+        f = names[k]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if is_dataclass(default) and isinstance(v, Mapping):
+            v = _from_dict(type(default), v, path=f"{path}{k}.")
+        elif isinstance(default, tuple) and isinstance(v, (list, tuple)):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        elif isinstance(default, tuple) and isinstance(v, str):
+            v = tuple(x.strip() for x in v.split(",") if x.strip())
+        elif isinstance(default, bool) and not isinstance(v, bool):
+            raise ConfigError(f"{path}{k}: expected true/false, got {v!r}")
+        elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        elif isinstance(default, int) and not isinstance(default, bool) and not (
+            isinstance(v, int) and not isinstance(v, bool)
+        ):
+            raise ConfigError(f"{path}{k}: expected an integer, got {v!r}")
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{path or 'config'}: {e}") from None
+
+
+# -- profiles -------------------------------------------------------------------------------
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_path(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    p = PROFILES_DIR / f"{name}.yaml"
+    if not p.is_file():
+        raise ConfigError(f"no profile {name!r}; available: {available_profiles()}")
+    return p
+
+
+def _read_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if name in seen:
+        raise ConfigError(f"profile cycle: {' -> '.join(seen + (name,))}")
+    path = profile_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping")
+    parent = raw.pop("extends", None)
+    merged = _read_profile(parent, seen + (name,)) if parent else {}
+    _merge_plain(merged, raw)
+    return merged
+
+
+def _merge_plain(base: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            _merge_plain(base[k], v)
+        else:
+            base[k] = v
+
+
+def parse_overrides(overrides: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overrides as a mapping, a JSON/YAML mapping string, or ``"a.b=1, c.d=x"`` pairs."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    text = overrides.strip()
+    if text.startswith("{"):
+        loaded = yaml.safe_load(text)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"overrides {overrides!r} is not a mapping")
+        return loaded
+    out: dict[str, Any] = {}
+    for item in text.replace("\n", ";").replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ConfigError(f"override {item.strip()!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v.strip())
+    return out
+
+
+def load_config(
+    profile: str = "cpu", overrides: str | Mapping[str, Any] | None = None, run_id: str | None = None
+) -> RunConfig:
+    """Defaults <- profile (with ``extends``) <- overrides. Unknown keys raise ConfigError."""
+    base = RunConfig().to_dict()
+    prof = _read_profile(profile)
+    prof.setdefault("profile", Path(profile).stem)
+    _deep_update(base, _expand_dotted(prof), path="")
+    _deep_update(base, _expand_dotted(parse_overrides(overrides)), path="")
+    if run_id is not None:
+        base["run_id"] = run_id
+    if os.environ.get("OPTSCALE_DATA_DIR") and base["data"]["data_dir"] is None:
+        base["data"]["data_dir"] = os.environ["OPTSCALE_DATA_DIR"]
+    return _from_dict(RunConfig, base, path="")

@@ -1,0 +1,102 @@
+"""Command line for pools: ``python -m optscale.generate {pools,score,info}``.
+
+``pools`` samples (and scores) every configured benchmark, round-robin in chunks of
+``--chunk`` questions so that every benchmark fills up evenly; it is resumable at any point.
+``score`` adds a scorer's column to existing pools. ``info`` prints what a pool holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .config import load_config
+from .data import load_benchmark
+from .pools import generate_pool, pool_path, read_pool, score_pool
+from .samplers import get_sampler
+from .scorers import get_scorer
+
+
+def _problems(cfg, ds):
+    return load_benchmark(ds, cfg.data.data_dir, limit=cfg.data.max_questions[ds] or None)
+
+
+def cmd_pools(args) -> int:
+    cfg = load_config(args.profile, args.overrides)
+    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    sampler = get_sampler(cfg.sampling.backend, cfg.sampling)
+    online = [s for s in cfg.scoring.scorers if s in args.online.split(",")] if args.online else []
+    scorers = []
+    for name in online:
+        kw = {"model": sampler.model, "tokenizer": sampler.tokenizer} if name == "lm-judge" and hasattr(sampler, "model") else {}
+        scorers.append(get_scorer(name, cfg.scoring, **kw))
+    problems = {ds: _problems(cfg, ds) for ds in datasets}
+    t0 = time.time()
+    while True:
+        progressed = False
+        for ds in datasets:
+            path = pool_path(cfg, ds)
+            before = read_pool(path, allow_partial_scores=True).n_questions if path.is_file() else 0
+            if before >= len(problems[ds]):
+                continue
+            generate_pool(cfg, ds, problems[ds], sampler, scorers, max_questions=args.chunk,
+                          flush_every=args.flush_every)
+            progressed = True
+            if args.hours and time.time() - t0 > args.hours * 3600:
+                print(f"stopping after {args.hours} h; rerun the same command to continue", file=sys.stderr)
+                return 0
+        if not progressed:
+            return 0
+
+
+def cmd_score(args) -> int:
+    cfg = load_config(args.profile, args.overrides)
+    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    scorer = get_scorer(args.scorer, cfg.scoring)
+    for ds in datasets:
+        path = pool_path(cfg, ds)
+        if not path.is_file():
+            print(f"{path}: no pool yet, skipped", file=sys.stderr)
+            continue
+        questions = {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
+        score_pool(path, scorer, questions)
+    return 0
+
+
+def cmd_info(args) -> int:
+    cfg = load_config(args.profile, args.overrides)
+    for ds in cfg.data.benchmarks:
+        path = pool_path(cfg, ds)
+        if not path.is_file():
+            print(f"{ds}: no pool at {path}")
+            continue
+        pool = read_pool(path, allow_partial_scores=True)
+        acc = pool.df["correct"].mean()
+        print(f"{pool.describe()}; single-sample accuracy {acc:.3f}; mean tokens {pool.df['n_tokens'].mean():.0f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m optscale.generate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("pools", "score", "info"):
+        p = sub.add_parser(name)
+        p.add_argument("--profile", default="cpu")
+        p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
+        p.add_argument("--datasets", default="", help="comma-separated subset of the profile's benchmarks")
+        if name == "pools":
+            p.add_argument("--chunk", type=int, default=8, help="questions per benchmark per round")
+            p.add_argument("--flush-every", type=int, default=4)
+            p.add_argument("--online", default="self-certainty",
+                           help="scorers to run while sampling (others: `score` afterwards)")
+            p.add_argument("--hours", type=float, default=0, help="stop after this many hours (0 = run to the end)")
+        if name == "score":
+            p.add_argument("--scorer", required=True)
+    args = ap.parse_args(argv)
+    return {"pools": cmd_pools, "score": cmd_score, "info": cmd_info}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Sample pools: generate once at the largest n, store as validated Parquet, replay subsamples.
+
+A pool file holds every sample of every question of one benchmark, one row per sample:
+
+==================  =============  ===========================================================
+column              type           meaning
+==================  =============  ===========================================================
+dataset             string         benchmark name
+question_id         string         id in the source file
+question_index      int32          position in the source file
+sample_index        int32          0..n-1 within the question
+text                string         the completion
+answer              string (null)  extracted final answer (None when the model gave none)
+gold                string         gold answer
+correct             bool           math-verify equivalence of answer and gold
+n_tokens            int32          generated tokens
+finish_reason       string         stop | stop_string | length
+seed                int64          seed of the chunk that produced the sample
+token_logprobs      list<float32>  log-prob of each generated token (untempered model)
+token_confidence    list<float32>  mean top-k log-prob per token (DeepConf)
+score__<scorer>     float64        sample score in [0, 1], one column per scorer
+step_scores__<s.>   list<float64>  per-step scores in [0, 1]
+==================  =============  ===========================================================
+
+Generator and scorer metadata, the sampling config, git hash and creation time are kept once
+per file in the Parquet key-value metadata under ``optscale``. Generation appends each finished
+question to a JSONL checkpoint next to the pool and merges the checkpoint into the Parquet file
+every few questions (write to a temporary file, then rename), so a killed run loses at most the
+question in flight and a rerun resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import PROJECT_ROOT, RunConfig
+from .data import Problem
+from .grading import grade
+from .samplers.base import Completion, SampleRequest, Sampler, derive_seed, load_prompt_template
+
+__all__ = [
+    "PoolError",
+    "Pool",
+    "POOL_SCHEMA",
+    "pool_path",
+    "read_pool",
+    "write_pool",
+    "validate_pool_frame",
+    "generate_pool",
+    "score_pool",
+    "replay_orders",
+    "subsample",
+]
+
+META_KEY = b"optscale"
+
+POOL_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("question_id", pa.string()),
+        ("question_index", pa.int32()),
+        ("sample_index", pa.int32()),
+        ("text", pa.string()),
+        ("answer", pa.string()),
+        ("gold", pa.string()),
+        ("correct", pa.bool_()),
+        ("n_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+        ("seed", pa.int64()),
+        ("token_logprobs", pa.list_(pa.float32())),
+        ("token_confidence", pa.list_(pa.float32())),
+    ]
+)
+FINISH_REASONS = {"stop", "stop_string", "length"}
+
+
+class PoolError(ValueError):
+    """A pool file that is missing, unreadable, truncated or does not match the schema."""
+
+
+def pool_path(config: RunConfig, dataset: str) -> Path:
+    root = Path(config.pools.pool_dir)
+    if not root.is_absolute():
+        root = PROJECT_ROOT / root
+    return root / config.pools.pool_name / f"{dataset}.parquet"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading, writing, validation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Pool:
+    """A validated pool: the per-sample frame plus the file's metadata."""
+
+    df: pd.DataFrame
+    meta: dict[str, Any]
+    path: Path | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.meta.get("dataset", self.df["dataset"].iloc[0] if len(self.df) else ""))
+
+    @property
+    def scorers(self) -> list[str]:
+        return sorted(c.split("__", 1)[1] for c in self.df.columns if c.startswith("score__"))
+
+    @property
+    def question_ids(self) -> list[str]:
+        return list(dict.fromkeys(self.df["question_id"]))
+
+    @property
+    def n_questions(self) -> int:
+        return self.df["question_id"].nunique()
+
+    @property
+    def n_per_question(self) -> int:
+        """Samples per question (the minimum, if questions differ)."""
+        return int(self.df.groupby("question_id", sort=False).size().min()) if len(self.df) else 0
+
+    def matrix(self, column: str, n: int | None = None) -> np.ndarray:
+        """(questions x n) array of a per-sample column, questions in file order, samples by
+        ``sample_index``. ``n`` defaults to :attr:`n_per_question`."""
+        n = n or self.n_per_question
+        key = f"{column}@{n}"
+        if key not in self._cache:
+            df = self.df[self.df["sample_index"] < n].sort_values(["question_index", "sample_index"], kind="stable")
+            vals = df[column].to_numpy()
+            self._cache[key] = vals.reshape(-1, n)
+        return self._cache[key]
+
+    def scores(self, scorer: str, n: int | None = None) -> np.ndarray:
+        return self.matrix(f"score__{scorer}", n).astype(float)
+
+    def correct(self, n: int | None = None) -> np.ndarray:
+        return self.matrix("correct", n).astype(bool)
+
+    def tokens(self, n: int | None = None) -> np.ndarray:
+        return self.matrix("n_tokens", n).astype(float)
+
+    def answers(self, n: int | None = None) -> np.ndarray:
+        return self.matrix("answer", n)
+
+    def head(self, n_questions: int) -> "Pool":
+        keep = set(self.question_ids[:n_questions])
+        return Pool(self.df[self.df["question_id"].isin(keep)].reset_index(drop=True), dict(self.meta), self.path)
+
+    def describe(self) -> str:
+        g = self.meta.get("generator", {})
+        return (f"{self.dataset}: {self.n_questions} questions x {self.n_per_question} samples, "
+                f"generator {g.get('model', '?')} ({g.get('backend', '?')}, T={g.get('temperature', '?')}), "
+                f"scorers {', '.join(self.scorers)}, seed {self.meta.get('seed', '?')}")
+
+
+def _fail(path: Any, msg: str) -> PoolError:
+    return PoolError(f"{path}: {msg}")
+
+
+def validate_pool_frame(df: pd.DataFrame, path: Any = "<pool>", allow_partial_scores: bool = False) -> None:
+    """Raise :class:`PoolError` naming file, row and field for the first problem found."""
+    missing = [f.name for f in POOL_SCHEMA if f.name not in df.columns]
+    if missing:
+        raise _fail(path, f"missing column(s) {missing}")
+
+    def where(i: int) -> str:
+        r = df.iloc[i]
+        return f"row {i} (question {r['question_id']!r}, sample {r['sample_index']})"
+
+    for col in ("dataset", "question_id", "text", "gold", "finish_reason"):
+        bad = df[col].isna().to_numpy().nonzero()[0]
+        if bad.size:
+            raise _fail(path, f"{where(int(bad[0]))}: field {col!r} is missing")
+    for col in ("correct", "n_tokens", "sample_index", "question_index", "seed"):
+        bad = df[col].isna().to_numpy().nonzero()[0]
+        if bad.size:
+            raise _fail(path, f"{where(int(bad[0]))}: field {col!r} is missing")
+    bad = (~df["finish_reason"].isin(FINISH_REASONS)).to_numpy().nonzero()[0]
+    if bad.size:
+        raise _fail(path, f"{where(int(bad[0]))}: field 'finish_reason' = {df['finish_reason'].iloc[bad[0]]!r}, "
+                          f"expected one of {sorted(FINISH_REASONS)}")
+    bad = (df["n_tokens"].to_numpy() < 0).nonzero()[0]
+    if bad.size:
+        raise _fail(path, f"{where(int(bad[0]))}: field 'n_tokens' is negative")
+    lengths = df["token_logprobs"].map(lambda x: 0 if x is None else len(x)).to_numpy()
+    bad = ((lengths != 0) & (lengths != df["n_tokens"].to_numpy())).nonzero()[0]
+    if bad.size:
+        raise _fail(path, f"{where(int(bad[0]))}: field 'token_logprobs' has {lengths[bad[0]]} values for "
+                          f"n_tokens={df['n_tokens'].iloc[bad[0]]}")
+    # sample_index must be 0..n-1 within each question, without duplicates
+    for qid, g in df.groupby("question_id", sort=False):
+        idx = np.sort(g["sample_index"].to_numpy())
+        if not np.array_equal(idx, np.arange(len(idx))):
+            i = int(g.index[0])
+            raise _fail(path, f"row {i} (question {qid!r}): field 'sample_index' is {idx.tolist()[:20]}, "
+                              f"expected 0..{len(idx) - 1} without gaps or duplicates")
+    for col in [c for c in df.columns if c.startswith("score__")]:
+        v = df[col].to_numpy(dtype=float, na_value=np.nan)
+        nan = np.isnan(v)
+        if nan.any() and not allow_partial_scores:
+            raise _fail(path, f"{where(int(nan.nonzero()[0][0]))}: field {col!r} is NaN/missing")
+        out = (~nan & ((v < 0) | (v > 1))).nonzero()[0]
+        if out.size:
+            raise _fail(path, f"{where(int(out[0]))}: field {col!r} = {v[out[0]]!r} is outside [0, 1]")
+    for col in [c for c in df.columns if c.startswith("step_scores__")]:
+        for i, steps in enumerate(df[col]):
+            if steps is None:
+                if allow_partial_scores:
+                    continue
+                raise _fail(path, f"{where(i)}: field {col!r} is missing")
+            a = np.asarray(steps, dtype=float)
+            if a.size == 0 or np.isnan(a).any() or (a < 0).any() or (a > 1).any():
+                raise _fail(path, f"{where(i)}: field {col!r} has empty, NaN or out-of-range values")
+
+
+def read_pool(path: str | os.PathLike, allow_partial_scores: bool = False) -> Pool:
+    path = Path(path)
+    if not path.is_file():
+        raise PoolError(f"{path}: pool file not found (generate it with `python -m optscale.pools generate`)")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for truncated/corrupt files
+        raise PoolError(f"{path}: not a readable Parquet pool ({type(e).__name__}: {e})") from None
+    raw_meta = (table.schema.metadata or {}).get(META_KEY)
+    if raw_meta is None:
+        raise PoolError(f"{path}: no 'optscale' metadata (generator/scorer info); not a pool file")
+    try:
+        meta = json.loads(raw_meta)
+    except json.JSONDecodeError as e:
+        raise PoolError(f"{path}: metadata is not valid JSON ({e})") from None
+    df = table.to_pandas()
+    validate_pool_frame(df, path, allow_partial_scores)
+    if meta.get("dataset") and len(df) and (df["dataset"] != meta["dataset"]).any():
+        i = int((df["dataset"] != meta["dataset"]).to_numpy().nonzero()[0][0])
+        raise PoolError(f"{path}: row {i}: field 'dataset' = {df['dataset'].iloc[i]!r} but the file "
+                        f"metadata says {meta['dataset']!r}")
+    return Pool(df=df, meta=meta, path=path)
+
+
+def _to_table(df: pd.DataFrame, meta: dict[str, Any]) -> pa.Table:
+    fields = list(POOL_SCHEMA)
+    for c in df.columns:
+        if c.startswith("score__"):
+            fields.append(pa.field(c, pa.float64()))
+        elif c.startswith("step_scores__"):
+            fields.append(pa.field(c, pa.list_(pa.float64())))
+    schema = pa.schema(fields, metadata={META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+    return pa.Table.from_pandas(df[[f.name for f in fields]], schema=schema, preserve_index=False)
+
+
+def write_pool(df: pd.DataFrame, meta: dict[str, Any], path: str | os.PathLike, allow_partial_scores: bool = False) -> Path:
+    """Validate, then write atomically (temporary file + rename)."""
+    path = Path(path)
+    df = df.sort_values(["question_index", "sample_index"], kind="stable").reset_index(drop=True)
+    validate_pool_frame(df, path, allow_partial_scores)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(_to_table(df, meta), tmp, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation with checkpoint / resume
+# ---------------------------------------------------------------------------------------------
+def _rows_for_question(problem: Problem, comps: Sequence[Completion], scores: dict[str, list]) -> list[dict]:
+    rows = []
+    for k, c in enumerate(comps):
+        ans, ok = grade(problem.answer, c.text)
+        row = {
+            "dataset": problem.dataset,
+            "question_id": problem.id,
+            "question_index": problem.index,
+            "sample_index": k,
+            "text": c.text,
+            "answer": ans,
+            "gold": problem.answer,
+            "correct": bool(ok),
+            "n_tokens": int(c.n_tokens),
+            "finish_reason": c.finish_reason,
+            "seed": int(c.seed),
+            "token_logprobs": [float(x) for x in c.token_logprobs],
+            "token_confidence": [float(x) for x in c.token_confidence],
+        }
+        for name, res in scores.items():
+            row[f"score__{name}"] = res[k].score
+            row[f"step_scores__{name}"] = list(res[k].step_scores)
+        rows.append(row)
+    return rows
+
+
+def _read_checkpoint(path: Path) -> list[dict]:
+    """Rows of complete questions from a JSONL checkpoint. A truncated last line (a run killed
+    mid-write) is dropped with a warning; a malformed line elsewhere is an error."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                import warnings
+
+                warnings.warn(f"{path}: line {i + 1} is truncated (killed run); dropping that question")
+                break
+            raise PoolError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or "rows" not in rec:
+            raise PoolError(f"{path}: line {i + 1}: expected an object with field 'rows'")
+        rows.extend(rec["rows"])
+    return rows
+
+
+def _git_hash() -> str | None:
+    from .provenance import git_hash
+
+    return git_hash()
+
+
+def generate_pool(
+    config: RunConfig,
+    dataset: str,
+    problems: Sequence[Problem],
+    sampler: Sampler,
+    scorers: Sequence[Any] = (),
+    path: str | os.PathLike | None = None,
+    flush_every: int = 4,
+    progress: bool = True,
+    max_questions: int | None = None,
+    on_question: Callable[[Problem], None] | None = None,
+) -> Path:
+    """Sample ``n_samples[dataset]`` completions for every problem not yet in the pool, grade
+    and score them, checkpoint after each question, merge into Parquet every ``flush_every``
+    questions and at the end. Returns the pool path. Safe to kill and rerun.
+
+    ``max_questions`` stops after that many new questions (for interleaving benchmarks).
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path) if path else pool_path(config, dataset)
+    ckpt = path.with_suffix(".checkpoint.jsonl")
+    s = config.sampling
+    n, cap = s.n_samples[dataset], s.max_new_tokens[dataset]
+    meta = {
+        "dataset": dataset,
+        "pool_name": config.pools.pool_name,
+        "generator": sampler.describe(),
+        "scorers": {sc.name: sc.describe() for sc in scorers},
+        "n_samples": n,
+        "max_new_tokens": cap,
+        "seed": s.seed,
+        "sampling": config.to_dict()["sampling"],
+        "git_hash": _git_hash(),
+    }
+    existing = read_pool(path, allow_partial_scores=True) if path.is_file() else None
+    base_df = existing.df if existing is not None else None
+    if existing is not None:
+        if existing.meta.get("n_samples") != n or existing.meta.get("seed") != s.seed:
+            raise PoolError(f"{path}: existing pool has n_samples={existing.meta.get('n_samples')}, "
+                            f"seed={existing.meta.get('seed')}; this run asks for n_samples={n}, seed={s.seed}. "
+                            "Use another pools.pool_name for a different setting.")
+        meta = {**existing.meta, "git_hash": meta["git_hash"]}
+    ck_rows = _read_checkpoint(ckpt)
+    done = set(base_df["question_id"]) if base_df is not None else set()
+    done |= {r["question_id"] for r in ck_rows}
+    todo = [p for p in problems if p.id not in done]
+    if max_questions is not None:
+        todo = todo[:max_questions]
+
+    def flush() -> None:
+        nonlocal base_df
+        rows = _read_checkpoint(ckpt)
+        if not rows:
+            return
+        parts = ([base_df] if base_df is not None else []) + [pd.DataFrame(rows)]
+        df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_pool(df, meta, path, allow_partial_scores=True)
+        ckpt.unlink(missing_ok=True)
+        base_df = df
+
+    flush()  # a checkpoint left by a killed run is merged first
+    since = 0
+    bar = tqdm(todo, desc=f"{dataset} pool", disable=not progress)
+    for p in bar:
+        t0 = time.time()
+        req = SampleRequest(
+            prompt=load_prompt_template(s.prompt_template).replace("{question}", p.question).strip(),
+            n=n, max_new_tokens=cap, seed=derive_seed(s.seed, dataset, p.id), key=f"{dataset}/{p.id}",
+        )
+        comps = sampler.generate([req])[0]
+        scores = {sc.name: sc.score(p.question, comps) for sc in scorers}
+        rows = _rows_for_question(p, comps, scores)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        with open(ckpt, "a") as f:
+            f.write(json.dumps({"question_id": p.id, "rows": rows}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        toks = sum(c.n_tokens for c in comps)
+        bar.set_postfix(acc=f"{np.mean([r['correct'] for r in rows]):.2f}", tok_s=f"{toks / (time.time() - t0):.1f}")
+        if on_question:
+            on_question(p)
+        since += 1
+        if since >= flush_every:
+            flush()
+            since = 0
+    flush()
+    return path
+
+
+def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], flush_every: int = 8,
+               progress: bool = True) -> Path:
+    """Add (or complete) the ``score__<scorer>`` column of a pool, question by question,
+    rewriting the file every ``flush_every`` questions so an interrupted run resumes."""
+    from tqdm.auto import tqdm
+
+    pool = read_pool(path, allow_partial_scores=True)
+    df, meta = pool.df.copy(), dict(pool.meta)
+    col, scol = f"score__{scorer.name}", f"step_scores__{scorer.name}"
+    if col not in df.columns:
+        df[col] = np.nan
+        df[scol] = None
+    df[scol] = df[scol].astype(object)
+    meta.setdefault("scorers", {})[scorer.name] = scorer.describe()
+    todo = [q for q, g in df.groupby("question_id", sort=False) if g[col].isna().any()]
+    since = 0
+    for qid in tqdm(todo, desc=f"{pool.dataset} {scorer.name}", disable=not progress):
+        if qid not in questions:
+            raise PoolError(f"{path}: question {qid!r} has no question text to score")
+        idx = df.index[df["question_id"] == qid]
+        g = df.loc[idx].sort_values("sample_index")
+        comps = [Completion(text=r.text, n_tokens=int(r.n_tokens), finish_reason=r.finish_reason, seed=int(r.seed),
+                            token_logprobs=list(r.token_logprobs)) for r in g.itertuples()]
+        res = scorer.score(questions[qid], comps)
+        for i, r in zip(g.index, res):
+            df.at[i, col] = r.score
+            df.at[i, scol] = list(r.step_scores)
+        since += 1
+        if since >= flush_every:
+            write_pool(df, meta, path, allow_partial_scores=True)
+            since = 0
+    write_pool(df, meta, path, allow_partial_scores=True)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay
+# ---------------------------------------------------------------------------------------------
+def replay_orders(n_questions: int, pool_n: int, n_orders: int, seed: int) -> np.ndarray:
+    """(n_orders, n_questions, pool_n) int array: a seeded random permutation of each question's
+    samples per replicate. Order 0 is the identity (the pool's own order)."""
+    rng = np.random.default_rng(seed)
+    keys = rng.random((n_orders, n_questions, pool_n))
+    orders = np.argsort(keys, axis=-1)
+    orders[0] = np.arange(pool_n)
+    return orders
+
+
+def subsample(values: np.ndarray, orders: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` samples of each question under each order.
+
+    ``values``: (questions, pool_n); ``orders``: (n_orders, questions, pool_n) from
+    :func:`replay_orders`; returns (n_orders, questions, n)."""
+    if n > values.shape[1]:
+        raise ValueError(f"n={n} exceeds the pool's {values.shape[1]} samples per question")
+    idx = orders[..., :n]
+    return np.take_along_axis(np.broadcast_to(values, orders.shape[:1] + values.shape), idx, axis=-1)

@@ -1,0 +1,75 @@
+"""The sampler contract: requests in, plain completion records out.
+
+Every backend (transformers on CPU, llama.cpp, vLLM in-process, OpenAI-compatible endpoints)
+implements :meth:`Sampler.generate`. A request asks for ``n`` samples of one prompt; the
+sampler returns ``n`` :class:`Completion` records with the text, token count, per-token
+log-probabilities of the chosen tokens under the model's untempered distribution, the mean of
+the top-k log-probabilities per token (DeepConf's token confidence), character offsets of token
+ends (so scorers can align tokens with reasoning steps), the finish reason and the seed used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any, Sequence
+
+__all__ = ["SampleRequest", "Completion", "Sampler", "derive_seed", "load_prompt_template", "SamplerError"]
+
+
+class SamplerError(RuntimeError):
+    """A backend that cannot serve a request (missing dependency, dead endpoint, ...)."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prompt: str  # the user message (already formatted from the prompt template)
+    n: int
+    max_new_tokens: int
+    seed: int
+    key: str = ""  # caller's id for logs and sharding, e.g. "gsm8k/12"
+    prefix: str = ""  # assistant text to continue from (particle filtering, revisions)
+    stop: tuple[str, ...] = ()  # stop strings; the stop string is kept out of the text
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (EOS), "stop_string", "length"
+    seed: int
+    token_logprobs: list[float] = field(default_factory=list)
+    token_confidence: list[float] = field(default_factory=list)  # mean top-k log-prob per token
+    token_char_ends: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from any parts (run seed, dataset, question id, batch index)."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def load_prompt_template(name: str) -> str:
+    return resources.files("optscale.prompts").joinpath(name).read_text()
+
+
+class Sampler(ABC):
+    """Base class. Subclasses set ``name`` and implement :meth:`generate`."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+        """One list of ``request.n`` completions per request, in request order."""
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata stored once per pool (model, backend, decoding settings)."""
+        return {"backend": self.name}
+
+    def close(self) -> None:  # pragma: no cover - default no-op
+        pass

@@ -130,13 +130,20 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    backbone: str = "minilm"
-    head: str = "ridge"
-    split_seed: int = 0
-    test_fraction: float = 0.2
-    epochs: int = 200
-    use_metadata: bool = False
+    backbone: str = "minilm"  # registry name in optscale.prior.BACKBONES: minilm | text | lm
+    head: str = "ridge+mlp"  # optscale.prior.HEADS: constant | ridge | mlp | ridge+mlp (feature backbones)
+    split_seed: int = 0  # seeds the held-out split, CV folds and the MLP
+    test_fraction: float = 0.2  # held-out share of the 4,501 MATH training labels
+    cv_folds: int = 5  # K-fold on the training part: out-of-fold residuals -> calibrated uncertainty
+    epochs: int = 200  # MLP max epochs (early stopping on a validation slice of the training part)
+    use_metadata: bool = False  # add MATH level/subject one-hots (only MATH has them)
+    train_limit: int = 0  # use only the first k training labels (0 = all 4,501); smoke runs
     bootstrap_reps: int = 1000
+    transfer_labeled: int = 8  # labeled questions per pool for the scorer-scale calibration
+    # Paper-style backbone (backbone: lm): causal LM, last layers trainable, attention pooling.
+    lm_model: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # local path or hub id (GPU)
+    lm_trainable_layers: int = 2
+    lm_epochs: int = 3
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,8 @@ def _deep_update(base: dict[str, Any], new: Mapping[str, Any], path: str) -> Non
             close = [c for c in base if c.startswith(k[:3])]
             hint = f" (did you mean {close}?)" if close else ""
             raise ConfigError(f"unknown config key {where!r}{hint}")
+        if isinstance(base[k], dict) and not isinstance(v, Mapping):
+            raise ConfigError(f"config key {where!r} is a section; set its fields, e.g. {where}.<field>=...")
         if isinstance(base[k], dict) and isinstance(v, Mapping):
             # Per-benchmark tables are replaced key by key; sections recurse.
             _deep_update(base[k], v, path=where + ".") if _is_section(base[k]) else base[k].update(v)

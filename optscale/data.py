@@ -111,7 +111,7 @@ def _read_json_list(path: Path) -> list[Any]:
     return data
 
 
-def _records_to_problems(name: str, rows: list[Any], where: str) -> list[Problem]:
+def _records_to_problems(name: str, rows: list[Any], where: str, use_index_ids: bool = False) -> list[Problem]:
     spec = BENCHMARK_FILES[name]
     problems = []
     for i, row in enumerate(rows):
@@ -127,8 +127,9 @@ def _records_to_problems(name: str, rows: list[Any], where: str) -> list[Problem
             gold = gsm8k_gold(str(raw)) if spec.gsm8k_answer else str(raw).strip()
         except DataError as e:
             raise DataError(f"{where}: row {i}: field 'answer': {e}") from None
-        pid = str(row[spec.id_field]) if spec.id_field and row.get(spec.id_field) is not None else str(i)
-        meta = {f: row[f] for f in spec.meta_fields if f in row}
+        has_id = spec.id_field and row.get(spec.id_field) is not None and not use_index_ids
+        pid = str(row[spec.id_field]) if has_id else str(i)
+        meta = {f: row[f] for f in spec.meta_fields + ("solution",) if f in row}
         problems.append(Problem(dataset=name, id=pid, question=q.strip(), answer=gold, index=i, meta=meta))
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
@@ -181,7 +182,8 @@ def load_predictor_labels(data_dir: str | os.PathLike | None = None, split: str 
     if split == "train":
         qpath = root / "predictor_labels" / "train_data.json"
         lpath = root / "predictor_labels" / "train_mu_sigma.json"
-        problems = _records_to_problems("math500", _read_json_list(qpath), str(qpath))
+        # MATH train files repeat unique_ids across subjects: the row index is the id here.
+        problems = _records_to_problems("math500", _read_json_list(qpath), str(qpath), use_index_ids=True)
         problems = [Problem("math-train", p.id, p.question, p.answer, p.index, p.meta) for p in problems]
     elif split == "math500":
         lpath = root / "predictor_labels" / "val_mu_sigma.json"

@@ -210,7 +210,7 @@ def validate_pool_frame(df: pd.DataFrame, path: Any = "<pool>", allow_partial_sc
             raise _fail(path, f"{where(int(nan.nonzero()[0][0]))}: field {col!r} is NaN/missing")
         out = (~nan & ((v < 0) | (v > 1))).nonzero()[0]
         if out.size:
-            raise _fail(path, f"{where(int(out[0]))}: field {col!r} = {v[out[0]]!r} is outside [0, 1]")
+            raise _fail(path, f"{where(int(out[0]))}: field {col!r} = {float(v[out[0]])!r} is outside [0, 1]")
     for col in [c for c in df.columns if c.startswith("step_scores__")]:
         for i, steps in enumerate(df[col]):
             if steps is None:

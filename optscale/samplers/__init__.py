@@ -13,6 +13,8 @@ if TYPE_CHECKING:  # pragma: no cover
 SAMPLERS: Registry = Registry("sampler")
 SAMPLERS.register("hf-cpu", "optscale.samplers.hf_cpu:HFSampler")
 SAMPLERS.register("fake", "optscale.samplers.fake:FakeSampler")
+SAMPLERS.register("vllm", "optscale.samplers.vllm:VLLMSampler")
+SAMPLERS.register("openai", "optscale.samplers.openai_compat:OpenAICompatSampler")
 
 
 def get_sampler(name: str, config: "SamplingConfig", **kwargs) -> Sampler:

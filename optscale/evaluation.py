@@ -1,0 +1,628 @@
+"""Replay stopping policies on a pool, tune them on a calibration split, and report with CIs.
+
+Pipeline (notebook 05)::
+
+    data = pool_arrays(pool, scorer, max_N=16, cache_dir=run / "cache")   # answer classes cached
+    ev = evaluate(data, cfg.evaluation, policies=None, rng_seed=cfg.evaluation.seed)
+    ev.summary      # one row per policy: accuracy, mean tokens, mean N, each with a bootstrap CI
+    ev.logs         # per-question logs: chosen N, selected answer, correct, tokens
+    ev.savings      # tokens saved vs BoN@max_N (and vs the BoN curve at matched accuracy)
+
+Statistics:
+
+- Replay averages over many seeded random sample orders per question
+  (:func:`optscale.pools.replay_orders`).
+- :func:`interval_estimates` is the one CI entry point (as in rliable): per-question values
+  (averaged over orders) are resampled over questions with a required seed; with
+  ``stratified=True`` the orders are also resampled within each question.
+- :func:`paired_test` compares two policies on the same questions (paired bootstrap CI of the
+  mean difference, sign-flip permutation p-value, equivalence within a margin).
+- Hyper-parameters are tuned on a calibration split of questions (:func:`split_questions`, a
+  stable hash of the question id, so the split does not move as a pool grows) and reported on
+  the rest. :func:`evaluate` with ``protocol="test-tuned"`` tunes on the reported questions
+  themselves, only to compare with the paper's protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .grading import answer_classes
+from .policies import POLICIES, Policy, QuestionContext, Sample, group_confidences, make_policy
+from .pools import Pool, replay_orders
+
+__all__ = [
+    "PoolArrays",
+    "ReplayResult",
+    "Evaluation",
+    "pool_arrays",
+    "answer_class_matrix",
+    "replay",
+    "bon_curve",
+    "oracle_curve",
+    "interval_estimates",
+    "paired_test",
+    "split_questions",
+    "tune",
+    "evaluate",
+    "savings_table",
+    "paper_comparison",
+    "load_reported_table",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool arrays
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PoolArrays:
+    """Everything a replay needs, as (questions x n) arrays.
+
+    ``scores`` float, ``correct`` bool, ``tokens`` float, ``classes`` int (answer equivalence
+    class, -1 = no answer), ``answers`` object; ``group_conf`` object array of 1-D DeepConf group
+    confidences or None; ``prior`` (questions x 2 or 3) float (mu, sigma[, uncertainty]) or None;
+    ``description`` names the pool (generator, scorer, n, seed) for captions."""
+
+    dataset: str
+    question_ids: np.ndarray
+    scores: np.ndarray
+    correct: np.ndarray
+    tokens: np.ndarray
+    classes: np.ndarray
+    answers: np.ndarray
+    group_conf: np.ndarray | None = None
+    prior: np.ndarray | None = None
+    prior_source: str = "none"
+    conf_window: int = 32
+    description: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_questions(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.scores.shape[1])
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "PoolArrays":
+        idx = np.asarray(idx, dtype=int)
+        take = lambda a: None if a is None else a[idx]  # noqa: E731
+        return replace(self, question_ids=self.question_ids[idx], scores=self.scores[idx],
+                       correct=self.correct[idx], tokens=self.tokens[idx], classes=self.classes[idx],
+                       answers=self.answers[idx], group_conf=take(self.group_conf), prior=take(self.prior))
+
+    def with_prior(self, prior: np.ndarray | None, source: str) -> "PoolArrays":
+        if prior is not None:
+            prior = np.asarray(prior, dtype=float)
+            if prior.ndim != 2 or prior.shape[0] != self.n_questions or prior.shape[1] < 2:
+                raise ValueError(f"prior must be (questions={self.n_questions}, 2 or 3), got {prior.shape}")
+        return replace(self, prior=prior, prior_source=source if prior is not None else "none")
+
+    def prior_mu(self) -> np.ndarray | None:
+        return None if self.prior is None else self.prior[:, 0]
+
+    def population_prior(self) -> tuple[float, float]:
+        """(mu, sigma): medians of per-question truncated-normal MLE fits to all scores of these
+        questions (call it on the calibration split only)."""
+        from .fits import fit_truncnorm
+
+        key = "population_prior"
+        if key not in self.meta:
+            if self.n_questions == 0:
+                raise ValueError(f"{self.dataset}: no questions to fit a population prior on")
+            fit = fit_truncnorm(self.scores, mask=np.isfinite(self.scores))
+            mu, sigma = float(np.median(fit.mu)), float(np.median(fit.sigma))
+            self.meta[key] = (mu, sigma)
+        return self.meta[key]
+
+    def samples(self, q: int) -> list[Sample]:
+        gc = self.group_conf
+        return [
+            Sample(index=i, score=float(self.scores[q, i]), answer_class=int(self.classes[q, i]),
+                   tokens=float(self.tokens[q, i]), correct=bool(self.correct[q, i]),
+                   group_conf=gc[q, i] if gc is not None else np.empty(0), conf_window=self.conf_window)
+            for i in range(self.n)
+        ]
+
+
+def _answers_key(answers: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for row in answers:
+        h.update(json.dumps([None if a is None else str(a) for a in row]).encode())
+    return h.hexdigest()[:20]
+
+
+def answer_class_matrix(answers: np.ndarray, cache_dir: str | Path | None = None) -> np.ndarray:
+    """(questions x n) int labels from :func:`optscale.grading.answer_classes` per question
+    (math-verify equivalence; -1 = no answer). Cached on disk under ``cache_dir`` keyed by a hash
+    of the answers, because math-verify is slow."""
+    answers = np.asarray(answers, dtype=object)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"answer_classes_{_answers_key(answers)}.npy"
+        if path.is_file():
+            labels = np.load(path)
+            if labels.shape == answers.shape:
+                return labels
+    labels = np.array([answer_classes([None if (a is None or (isinstance(a, float) and math.isnan(a))) else str(a)
+                                       for a in row]) for row in answers], dtype=int).reshape(answers.shape)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, labels)
+    return labels
+
+
+def pool_arrays(pool: Pool, scorer: str, max_N: int | None = None, cache_dir: str | Path | None = None,
+                conf_window: int = 32, prior: np.ndarray | None = None, prior_source: str = "none",
+                verbose: bool = True) -> PoolArrays:
+    """Arrays of the first ``max_N`` samples per question (default: the pool's n). Questions
+    whose ``scorer`` score is missing (a pool still being scored) are dropped with a note."""
+    n = min(max_N or pool.n_per_question, pool.n_per_question)
+    full = pool.df.groupby("question_id", sort=False).size()
+    keep_ids = set(full.index[full >= n])
+    if len(keep_ids) < len(full) and verbose:
+        print(f"note: {pool.dataset}: {len(full) - len(keep_ids)} question(s) with fewer than {n} samples dropped")
+    p = pool if len(keep_ids) == len(full) else Pool(pool.df[pool.df["question_id"].isin(keep_ids)].reset_index(drop=True), pool.meta, pool.path)
+    if f"score__{scorer}" not in p.df.columns:
+        raise KeyError(f"{pool.path}: no column 'score__{scorer}'; scorers in the pool: {p.scorers}")
+    scores = p.scores(scorer, n)
+    ok = np.isfinite(scores).all(axis=1)
+    qids = np.array(list(dict.fromkeys(p.df.sort_values(["question_index", "sample_index"])["question_id"])), dtype=object)
+    if not ok.all() and verbose:
+        print(f"note: {pool.dataset}: {int((~ok).sum())} question(s) not yet scored by {scorer!r} dropped")
+    answers = p.answers(n)[ok]
+    gc = None
+    tc = p.matrix("token_confidence", n)[ok]
+    if all(x is not None and len(x) for x in tc.ravel()):
+        gc = np.empty(tc.shape, dtype=object)
+        for idx in np.ndindex(tc.shape):
+            gc[idx] = group_confidences(tc[idx], conf_window)
+    g = pool.meta.get("generator", {})
+    desc = (f"pool {pool.meta.get('pool_name', '?')}/{pool.dataset}, generator {g.get('model', '?')}, "
+            f"scorer {scorer}, n={n}, sampling seed {pool.meta.get('seed', '?')}, {int(ok.sum())} questions")
+    data = PoolArrays(
+        dataset=pool.dataset, question_ids=qids[ok], scores=scores[ok], correct=p.correct(n)[ok],
+        tokens=p.tokens(n)[ok], classes=answer_class_matrix(answers, cache_dir), answers=answers,
+        group_conf=gc, conf_window=conf_window, description=desc,
+        meta={"pool_name": pool.meta.get("pool_name"), "generator": g, "scorer": scorer, "n": n,
+              "seed": pool.meta.get("seed")},
+    )
+    return data.with_prior(prior[ok] if prior is not None else None, prior_source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ReplayResult:
+    """Per (order, question) outcomes of one policy; every array is (orders, questions)."""
+
+    label: str
+    n: np.ndarray
+    tokens: np.ndarray
+    correct: np.ndarray
+    selected: np.ndarray  # pool index of the selected sample, -1 when none
+
+    def per_question(self) -> dict[str, np.ndarray]:
+        return {"accuracy": self.correct.mean(0), "tokens": self.tokens.mean(0), "n": self.n.mean(0)}
+
+
+def replay(policy: Policy, data: PoolArrays, orders: np.ndarray, max_N: int | None = None,
+           caches: list[dict] | None = None) -> ReplayResult:
+    """Feed each question's samples in each order until the policy stops (or ``max_N``).
+
+    ``orders``: (n_orders, questions, >= max_N) from :func:`optscale.pools.replay_orders`;
+    ``caches``: one dict per question shared between policies (fit caching)."""
+    max_N = min(max_N or data.n, data.n)
+    O, Q = orders.shape[0], data.n_questions
+    if orders.shape[1] != Q:
+        raise ValueError(f"orders cover {orders.shape[1]} questions, data has {Q}")
+    caches = caches if caches is not None else [dict() for _ in range(Q)]
+    n_out = np.zeros((O, Q), dtype=int)
+    tok = np.zeros((O, Q))
+    cor = np.zeros((O, Q), dtype=bool)
+    sel = np.full((O, Q), -1, dtype=int)
+    for q in range(Q):
+        samples = data.samples(q)
+        prior = tuple(data.prior[q]) if data.prior is not None else None
+        ctx = QuestionContext(max_N=max_N, prior=prior, cache=caches[q], question_id=str(data.question_ids[q]))
+        for o in range(O):
+            policy.reset(ctx)
+            t = 0.0
+            for i in orders[o, q, :max_N]:
+                s = samples[i]
+                stop = policy.observe(s)
+                t += policy.charge(s)
+                if stop:
+                    break
+            pos = policy.select()
+            n_out[o, q] = len(policy.seen)
+            tok[o, q] = t
+            if pos is not None:
+                idx = policy.seen[pos].index
+                sel[o, q] = idx
+                cor[o, q] = bool(data.correct[q, idx]) and data.classes[q, idx] >= 0
+    return ReplayResult(policy.label(), n_out, tok, cor, sel)
+
+
+def bon_curve(data: PoolArrays, orders: np.ndarray, max_N: int | None = None) -> dict[str, np.ndarray]:
+    """Best-of-N for every N = 1..max_N, vectorized. Returns ``N`` (max_N,), ``correct`` and
+    ``tokens`` of shape (max_N, orders, questions). Samples without an answer never win unless
+    none has one."""
+    max_N = min(max_N or data.n, data.n)
+    idx = orders[..., :max_N]
+    take = lambda a: np.take_along_axis(np.broadcast_to(a, orders.shape[:1] + a.shape), idx, axis=-1)  # noqa: E731
+    score = take(np.where(data.classes >= 0, data.scores, data.scores - 10.0))
+    corr = take(data.correct & (data.classes >= 0))
+    toks = take(data.tokens)
+    run_best = np.maximum.accumulate(score, axis=-1)
+    # position of the (first) running argmax for each prefix
+    is_new = np.concatenate([np.ones_like(score[..., :1], dtype=bool), score[..., 1:] > run_best[..., :-1]], -1)
+    pos = np.maximum.accumulate(np.where(is_new, np.arange(max_N), 0), axis=-1)
+    correct = np.take_along_axis(corr, pos, -1)
+    tokens = np.cumsum(toks, -1)
+    return {"N": np.arange(1, max_N + 1), "correct": np.moveaxis(correct, -1, 0),
+            "tokens": np.moveaxis(tokens, -1, 0)}
+
+
+def oracle_curve(data: PoolArrays, orders: np.ndarray, max_N: int | None = None) -> dict[str, np.ndarray]:
+    """Oracle frontier: with budget N, stop at the first correct sample among the first N.
+    Returns ``N``, ``correct`` and ``tokens`` of shape (max_N, orders, questions)."""
+    max_N = min(max_N or data.n, data.n)
+    idx = orders[..., :max_N]
+    take = lambda a: np.take_along_axis(np.broadcast_to(a, orders.shape[:1] + a.shape), idx, axis=-1)  # noqa: E731
+    corr = take(data.correct & (data.classes >= 0))
+    toks = take(data.tokens)
+    first = np.where(corr.any(-1), corr.argmax(-1), max_N)  # (O, Q)
+    cum = np.cumsum(toks, -1)
+    Ns = np.arange(1, max_N + 1)[:, None, None]
+    correct = first[None] < Ns
+    stop_at = np.minimum(first[None], Ns - 1)  # index of the last sample drawn
+    tokens = np.take_along_axis(np.broadcast_to(cum, (max_N,) + cum.shape), stop_at[..., None], -1)[..., 0]
+    return {"N": Ns.ravel(), "correct": correct, "tokens": tokens}
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+def _per_question(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    return v.mean(0) if v.ndim == 2 else v
+
+
+def interval_estimates(values_by_method: Mapping[str, Any], rng: np.random.Generator | int, reps: int = 2000,
+                       level: float = 0.95, stat: Callable[..., float] | None = None,
+                       stratified: bool = False) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Point estimates and percentile bootstrap CIs, resampling questions (the same resampled
+    questions for every method, so intervals of different methods are paired).
+
+    ``values_by_method``: name -> array of shape (questions,) or (orders, questions), or a tuple
+    of such arrays (for a statistic of several paired arrays, e.g. a ratio of means).
+    ``stat``: maps the per-question array(s) to a number (default: the mean). ``stratified``:
+    also resample orders within each question (rliable's within-task resampling). ``rng`` is
+    required (a Generator or a seed). Returns ``(points, intervals)`` dicts keyed by method."""
+    rng = np.random.default_rng(rng)
+    stat = stat or (lambda x: float(np.mean(x)))
+    as_tuple = {k: (v if isinstance(v, tuple) else (v,)) for k, v in values_by_method.items()}
+    Qs = {np.asarray(a).shape[-1] for v in as_tuple.values() for a in v}
+    if len(Qs) != 1:
+        raise ValueError(f"all arrays must cover the same questions; got lengths {sorted(Qs)}")
+    Q = Qs.pop()
+    if Q == 0:
+        nan = float("nan")
+        return {k: nan for k in as_tuple}, {k: (nan, nan) for k in as_tuple}
+    qidx = rng.integers(0, Q, size=(reps, Q))
+    alpha = (1 - level) / 2
+    points, intervals = {}, {}
+    for k, arrays in as_tuple.items():
+        arrays = [np.asarray(a, dtype=float) for a in arrays]
+        points[k] = float(stat(*[_per_question(a) for a in arrays]))
+        boots = np.empty(reps)
+        for r in range(reps):
+            res = []
+            for a in arrays:
+                if stratified and a.ndim == 2:
+                    oidx = rng.integers(0, a.shape[0], size=(a.shape[0], Q))
+                    a = np.take_along_axis(a, oidx, 0)
+                res.append(_per_question(a)[qidx[r]])
+            boots[r] = stat(*res)
+        lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
+        intervals[k] = (float(lo), float(hi))
+    return points, intervals
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, rng: np.random.Generator | int, reps: int = 2000,
+                level: float = 0.95, margin: float = 0.02) -> dict[str, float | bool]:
+    """Paired comparison of two policies on the same questions: mean of ``a - b`` (per-question
+    values; (orders, questions) arrays are averaged over orders first), a paired bootstrap CI, a
+    two-sided sign-flip permutation p-value for "no difference", and ``equivalent``: the CI lies
+    inside ``[-margin, margin]`` (an equivalence test at level ``(1 + level) / 2`` per side)."""
+    rng = np.random.default_rng(rng)
+    d = _per_question(a) - _per_question(b)
+    if d.size == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "p_value": float("nan"),
+                "equivalent": False, "n_questions": 0}
+    obs = d.mean()
+    boots = d[rng.integers(0, d.size, size=(reps, d.size))].mean(1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    signs = rng.choice([-1.0, 1.0], size=(reps, d.size))
+    perm = (signs * d).mean(1)
+    p = (1 + np.sum(np.abs(perm) >= abs(obs) - 1e-12)) / (reps + 1)
+    return {"diff": float(obs), "lo": float(lo), "hi": float(hi), "p_value": float(p),
+            "equivalent": bool(lo >= -margin and hi <= margin), "n_questions": int(d.size)}
+
+
+def split_questions(question_ids: Sequence[str], calibration_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration indices, test indices). A question goes to calibration when a stable hash of
+    ``(seed, question id)`` falls below ``calibration_fraction``; the split of a question never
+    changes as the pool grows."""
+    from .samplers.base import derive_seed
+
+    u = np.array([derive_seed("calibration-split", seed, q) / 2**31 for q in question_ids])
+    calib = np.flatnonzero(u < calibration_fraction)
+    test = np.flatnonzero(u >= calibration_fraction)
+    return calib, test
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning
+# ---------------------------------------------------------------------------------------------
+def _grid_points(policy_cls: type[Policy]) -> list[dict[str, Any]]:
+    grid = policy_cls.grid
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def tune(name: str, calib: PoolArrays, orders: np.ndarray, max_N: int, reference_accuracy: float,
+         tolerance: float = 0.01, caches: list[dict] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Grid search on ``calib`` only: the fewest mean tokens among grid points whose accuracy is
+    within ``tolerance`` of ``reference_accuracy`` (BoN or majority at max_N on the same
+    questions); if none is, the most accurate (then cheapest). Returns (params, grid table)."""
+    cls = POLICIES.get(name)
+    rows = []
+    for params in _grid_points(cls):
+        pol = make_policy(name, **params)
+        pol.prepare(calib)
+        r = replay(pol, calib, orders, max_N, caches)
+        rows.append({**params, "accuracy": float(r.correct.mean()), "tokens": float(r.tokens.mean()),
+                     "n": float(r.n.mean())})
+    table = pd.DataFrame(rows)
+    feasible = table[table["accuracy"] >= reference_accuracy - tolerance - 1e-12]
+    if len(feasible):
+        best = feasible.sort_values(["tokens", "accuracy"], ascending=[True, False]).index[0]
+    else:
+        best = table.sort_values(["accuracy", "tokens"], ascending=[False, True]).index[0]
+    table["chosen"] = table.index == best
+    params = {k: table.loc[best, k] for k in cls.grid}
+    params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+    return params, table
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+DEFAULT_POLICIES = ("bon", "majority", "weighted-vote", "optscale-0", "optscale-t", "optscale-seq", "esc",
+                    "asc", "dsc", "consol", "optpo", "ias", "deepconf", "oracle")
+
+
+@dataclass
+class Evaluation:
+    """Outputs of :func:`evaluate` for one pool. ``results``: policy name -> ReplayResult on the
+    reported questions; ``curves``: BoN and oracle curves on the same questions; ``summary``,
+    ``logs``, ``tuning`` and ``savings`` are DataFrames; ``notes`` lists skipped policies."""
+
+    data: PoolArrays
+    protocol: str
+    tuned_on: np.ndarray
+    reported_on: np.ndarray
+    results: dict[str, ReplayResult]
+    params: dict[str, dict[str, Any]]
+    curves: dict[str, dict[str, np.ndarray]]
+    summary: pd.DataFrame
+    logs: pd.DataFrame
+    tuning: pd.DataFrame
+    savings: pd.DataFrame
+    notes: list[str]
+    settings: dict[str, Any]
+
+
+def evaluate(data: PoolArrays, policies: Sequence[str] | None = None, max_N: int | None = None,
+             calibration_fraction: float = 0.5, split_seed: int = 0, orders: int = 50, tune_orders: int = 10,
+             order_seed: int = 12345, bootstrap_reps: int = 2000, ci_level: float = 0.95, seed: int = 0,
+             tolerance: float = 0.01, margin: float = 0.02, protocol: str = "calibrated",
+             verbose: bool = True) -> Evaluation:
+    """Tune every policy on the calibration questions and replay it on the test questions.
+
+    ``protocol="calibrated"`` (default): tune on the calibration split, report on the test
+    split. ``protocol="test-tuned"``: tune and report on the test split (the paper's protocol;
+    only for side-by-side comparison, never as a result). Seeds: ``order_seed`` for replay
+    orders, ``seed`` for bootstraps, ``split_seed`` for the split."""
+    if protocol not in ("calibrated", "test-tuned"):
+        raise ValueError(f"protocol must be 'calibrated' or 'test-tuned', got {protocol!r}")
+    max_N = min(max_N or data.n, data.n)
+    names = list(policies or DEFAULT_POLICIES)
+    calib_idx, test_idx = split_questions(data.question_ids, calibration_fraction, split_seed)
+    if protocol == "test-tuned":
+        calib_idx = test_idx
+    calib, test = data.subset(calib_idx), data.subset(test_idx)
+    notes: list[str] = []
+    if data.prior is None:
+        notes.append("no predictor prior: optscale-t, optscale-seq and dsc use the population prior "
+                     "fitted on the calibration split")
+    o_tune = replay_orders(calib.n_questions, data.n, tune_orders, order_seed + 1)
+    o_test = replay_orders(test.n_questions, data.n, orders, order_seed)
+    c_caches = [dict() for _ in range(calib.n_questions)]
+    t_caches = [dict() for _ in range(test.n_questions)]
+    ref = {}
+    for by, nm in (("score", "bon"), ("vote", "majority")):
+        r = replay(make_policy(nm), calib, o_tune, max_N, c_caches)
+        ref[by] = float(r.correct.mean()) if calib.n_questions else float("nan")
+    results: dict[str, ReplayResult] = {}
+    params: dict[str, dict[str, Any]] = {}
+    tuning_rows = []
+    for name in names:
+        cls = POLICIES.get(name)
+        if cls.needs_confidence and data.group_conf is None:
+            notes.append(f"{name}: skipped, the pool has no token confidences")
+            continue
+        if calib.n_questions == 0 or test.n_questions == 0:
+            notes.append(f"{name}: skipped, empty calibration or test split")
+            continue
+        if cls.grid:
+            p, table = tune(name, calib, o_tune, max_N, max(ref.values()) if cls.selects_by == "score" else ref["vote"],
+                            tolerance, c_caches)
+            table.insert(0, "policy", name)
+            tuning_rows.append(table)
+        else:
+            p = {}
+        pol = make_policy(name, **p)
+        pol.prepare(calib)
+        params[name] = p
+        results[name] = replay(pol, test, o_test, max_N, t_caches)
+        if verbose:
+            r = results[name]
+            print(f"  {data.dataset:8s} {pol.label():55s} acc {r.correct.mean():.3f}  tokens {r.tokens.mean():8.1f}  N {r.n.mean():.2f}")
+    curves = {"bon": bon_curve(test, o_test, max_N), "oracle": oracle_curve(test, o_test, max_N)}
+    settings = dict(max_N=max_N, calibration_fraction=calibration_fraction, split_seed=split_seed, orders=orders,
+                    tune_orders=tune_orders, order_seed=order_seed, bootstrap_reps=bootstrap_reps, ci_level=ci_level,
+                    seed=seed, tolerance=tolerance, margin=margin, protocol=protocol,
+                    calibration_reference=ref)
+    summary = _summary(results, params, data, protocol, bootstrap_reps, ci_level, seed, len(calib_idx), len(test_idx))
+    logs = _logs(results, test, protocol)
+    tuning = pd.concat(tuning_rows, ignore_index=True) if tuning_rows else pd.DataFrame()
+    ev = Evaluation(data, protocol, calib_idx, test_idx, results, params, curves, summary, logs, tuning,
+                    pd.DataFrame(), notes, settings)
+    ev.savings = savings_table(ev, bootstrap_reps, ci_level, seed, margin)
+    return ev
+
+
+def _summary(results, params, data, protocol, reps, level, seed, n_calib, n_test) -> pd.DataFrame:
+    rows = []
+    pts = {}
+    for metric, attr in (("accuracy", "correct"), ("tokens", "tokens"), ("n", "n")):
+        pts[metric] = interval_estimates({k: getattr(r, attr) for k, r in results.items()}, seed, reps, level)
+    for k, r in results.items():
+        row = {"dataset": data.dataset, "policy": k, "params": json.dumps(params[k], default=str),
+               "protocol": protocol, "calibration_questions": n_calib, "test_questions": n_test,
+               "orders": r.n.shape[0], "max_N": int(r.n.max()) if r.n.size else 0}
+        for metric in ("accuracy", "tokens", "n"):
+            p, ci = pts[metric]
+            row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = p[k], ci[k][0], ci[k][1]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _logs(results: dict[str, ReplayResult], test: PoolArrays, protocol: str) -> pd.DataFrame:
+    """Per (policy, question): means over orders plus the detail of order 0 (the pool's order)."""
+    frames = []
+    for k, r in results.items():
+        sel0 = r.selected[0]
+        ans0 = [test.answers[q, i] if i >= 0 else None for q, i in enumerate(sel0)]
+        frames.append(pd.DataFrame({
+            "dataset": test.dataset, "protocol": protocol, "policy": k, "question_id": test.question_ids,
+            "mean_n": r.n.mean(0), "mean_tokens": r.tokens.mean(0), "accuracy": r.correct.mean(0),
+            "n_order0": r.n[0], "selected_order0": sel0, "answer_order0": ans0, "correct_order0": r.correct[0],
+            "tokens_order0": r.tokens[0],
+        }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def savings_table(ev: Evaluation, reps: int = 2000, level: float = 0.95, seed: int = 0,
+                  margin: float = 0.02) -> pd.DataFrame:
+    """Tokens saved vs BoN@max_N (``1 - tokens / tokens_BoN``, bootstrap CI over questions),
+    the paired accuracy difference vs BoN@max_N (bootstrap CI, permutation p, equivalence within
+    ``margin``), and tokens saved vs the BoN curve at matched accuracy (the smallest N whose BoN
+    accuracy reaches the policy's)."""
+    if "bon" not in ev.results:
+        return pd.DataFrame()
+    bon = ev.results["bon"]
+    curve = ev.curves["bon"]
+    acc_curve = curve["correct"].mean((1, 2))
+    tok_curve = curve["tokens"].mean((1, 2))
+    ratio = lambda t, b: 1.0 - np.mean(t) / np.mean(b)  # noqa: E731
+    pts, cis = interval_estimates({k: (r.tokens, bon.tokens) for k, r in ev.results.items()}, seed, reps, level,
+                                  stat=ratio)
+    rows = []
+    for k, r in ev.results.items():
+        t = paired_test(r.correct, bon.correct, seed, reps, level, margin)
+        acc = float(r.correct.mean())
+        hit = np.flatnonzero(acc_curve >= acc - 1e-12)
+        n_match = int(curve["N"][hit[0]]) if hit.size else None
+        saved_match = 1.0 - r.tokens.mean() / tok_curve[hit[0]] if hit.size else float("nan")
+        rows.append({"dataset": ev.data.dataset, "policy": k, "protocol": ev.protocol, "accuracy": acc,
+                     "bon_accuracy": float(bon.correct.mean()), "acc_diff": t["diff"], "acc_diff_lo": t["lo"],
+                     "acc_diff_hi": t["hi"], "p_value": t["p_value"], "matches_bon": t["equivalent"],
+                     "tokens": float(r.tokens.mean()), "bon_tokens": float(bon.tokens.mean()),
+                     "saved": pts[k], "saved_lo": cis[k][0], "saved_hi": cis[k][1],
+                     "matched_bon_N": n_match, "saved_vs_matched_bon": saved_match})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper table side by side
+# ---------------------------------------------------------------------------------------------
+PAPER_ROWS = {
+    "bon": "Best-of-N (BoN)", "majority": "Self-Consistency", "esc": "Early-stopping SC (ESC)",
+    "asc": "Adaptive SC (ASC)", "dsc": "Difficulty-Adaptive SC (DSC)", "optscale-0": "OptScale$^0$ (MLE) (Ours)",
+    "optscale-t": "OptScale$^t$ (MAP) (Ours)",
+}
+PAPER_DATASETS = {"math500": "MATH500", "gsm8k": "GSM8K", "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23"}
+
+
+def load_reported_table(data_dir: str | Path | None = None) -> pd.DataFrame:
+    """The paper's main table as long format: method, N, dataset, accuracy (fraction), tokens."""
+    from .data import resolve_data_dir
+
+    path = resolve_data_dir(data_dir) / "reference" / "results_table.csv"
+    raw = pd.read_csv(path)
+    rows = []
+    for _, r in raw.iterrows():
+        label = str(r.iloc[0])
+        if not label or label == "nan" or "($N=" not in label:
+            continue
+        method, nstr = label.rsplit(" ($N=", 1)
+        N = int(nstr.rstrip(")$"))
+        for key, ds in PAPER_DATASETS.items():
+            acc, tok = r.get(f"{ds} acc."), r.get(f"{ds} token.")
+            if pd.notna(acc):
+                rows.append({"method": method.strip(), "N": N, "dataset": key, "accuracy": float(acc) / 100,
+                             "tokens": float(tok)})
+    if not rows:
+        raise ValueError(f"{path}: no rows of the form '<method> ($N=<n>)'")
+    return pd.DataFrame(rows)
+
+
+def paper_comparison(summaries: pd.DataFrame, reported: pd.DataFrame, pool_label: str) -> pd.DataFrame:
+    """Side by side: the paper's numbers ("reported", at the paper's N closest to ours) and ours
+    ("reproduced on <pool_label>") for the policies the paper lists."""
+    rows = []
+    for _, s in summaries.iterrows():
+        if s["policy"] not in PAPER_ROWS:
+            continue
+        rep = reported[(reported["method"] == PAPER_ROWS[s["policy"]]) & (reported["dataset"] == s["dataset"])]
+        if len(rep):
+            n_ours = int(s.get("max_N", 0) or 0)
+            rep = rep.iloc[(rep["N"] - n_ours).abs().argsort()[:1]]
+        rows.append({
+            "dataset": s["dataset"], "method": PAPER_ROWS[s["policy"]],
+            "reported_N": int(rep["N"].iloc[0]) if len(rep) else None,
+            "reported_acc": float(rep["accuracy"].iloc[0]) if len(rep) else float("nan"),
+            "reported_tokens": float(rep["tokens"].iloc[0]) if len(rep) else float("nan"),
+            "ours_N": s.get("max_N"), "ours_acc": s["accuracy"], "ours_acc_ci": f"[{s['accuracy_lo']:.3f}, {s['accuracy_hi']:.3f}]",
+            "ours_tokens": s["tokens"], "ours_tokens_ci": f"[{s['tokens_lo']:.0f}, {s['tokens_hi']:.0f}]",
+            "ours_source": f"reproduced on {pool_label}",
+        })
+    return pd.DataFrame(rows)

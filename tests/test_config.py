@@ -1,0 +1,62 @@
+import pytest
+import yaml
+
+from optscale.config import BENCHMARKS, ConfigError, RunConfig, available_profiles, load_config, parse_overrides, profile_path
+
+
+def test_defaults_validate_and_roundtrip():
+    cfg = RunConfig()
+    assert cfg.sampling.backend == "hf-cpu"
+    again = RunConfig().replace(cfg.to_dict())
+    assert again == cfg
+
+
+def test_profile_extends_and_overrides():
+    smoke = load_config("smoke")
+    assert smoke.profile == "smoke"
+    assert smoke.data.max_questions["gsm8k"] == 4
+    # inherited from cpu (defaults) where smoke says nothing
+    assert smoke.sampling.temperature == RunConfig().sampling.temperature
+    cfg = load_config("cpu", "sampling.seed=3, data.max_questions.gsm8k=5")
+    assert cfg.sampling.seed == 3 and cfg.data.max_questions["gsm8k"] == 5
+    assert cfg.data.max_questions["math500"] == RunConfig().data.max_questions["math500"]
+    cfg = load_config("cpu", '{"sampling": {"temperature": 0.2}}')
+    assert cfg.sampling.temperature == 0.2
+
+
+@pytest.mark.parametrize("bad", ["sampling.sed=3", "nosuch.key=1", "sampling=3"])
+def test_unknown_keys_raise(bad):
+    with pytest.raises(ConfigError):
+        load_config("cpu", bad)
+
+
+def test_type_and_range_errors():
+    with pytest.raises(ConfigError, match="integer"):
+        load_config("cpu", "sampling.batch_size=abc")
+    with pytest.raises(ConfigError, match="temperature"):
+        load_config("cpu", "sampling.temperature=-1")
+    with pytest.raises(ConfigError, match="unknown"):
+        load_config("cpu", "data.benchmarks=[math501]")
+    with pytest.raises(ConfigError, match="no profile"):
+        load_config("does-not-exist")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides("sampling.seed")
+
+
+def test_profiles_load_and_differ():
+    names = available_profiles()
+    assert {"cpu", "smoke"} <= set(names)
+    loaded = {n: load_config(n) for n in names}
+    dicts = {n: {k: v for k, v in c.to_dict().items() if k != "profile"} for n, c in loaded.items()}
+    for a in names:
+        for b in names:
+            if a < b:
+                assert dicts[a] != dicts[b], f"profiles {a} and {b} resolve to the same config"
+    for n in names:
+        assert isinstance(yaml.safe_load(profile_path(n).read_text()), dict)
+
+
+def test_every_benchmark_has_sampling_settings():
+    cfg = RunConfig()
+    for b in BENCHMARKS:
+        assert cfg.sampling.n_samples[b] >= 8 and cfg.sampling.max_new_tokens[b] > 0

@@ -1,0 +1,132 @@
+"""OptPO: the Bayesian sequential vote stops at the right sample on hand-made streams; the
+pseudo-labelled update moves a tiny random model toward the consensus rollouts."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from optscale import optpo
+from optscale.pools import replay_orders
+
+
+def test_posterior_closed_form():
+    # unanimous k votes, uniform prior: 1 - 2^-(k+1)
+    for k in range(0, 8):
+        assert optpo.consensus_posterior(k, 0) == pytest.approx(1 - 2.0 ** -(k + 1))
+    # against scipy's beta survival function
+    assert optpo.consensus_posterior(5, 2, prior=0.5) == pytest.approx(stats.beta(5.5, 2.5).sf(0.5))
+    assert optpo.consensus_posterior(3, 3) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        optpo.consensus_posterior(1, 2)
+
+
+def test_unanimous_stream_stops_at_fourth_sample():
+    r = optpo.sequential_vote(["5"] * 10, threshold=0.95)
+    assert r.stopped and r.n_used == 4 and r.consensus == "5"
+    assert optpo.sprt_stop_index(["5"] * 10, 0.95) == 3
+    assert r.posterior == pytest.approx([0.75, 0.875, 0.9375, 0.96875])
+
+
+def test_contested_stream_stops_later():
+    # votes 5,7,5,5,5,5,5: posteriors .75 .5 .6875 .8125 .890625 .9375 .96484 -> stop at the 7th
+    stream = ["5", "7", "5", "5", "5", "5", "5", "5"]
+    r = optpo.sequential_vote(stream, threshold=0.95)
+    assert r.n_used == 7 and r.consensus == "5"
+    assert r.posterior == pytest.approx([0.75, 0.5, 11 / 16, 26 / 32, 57 / 64, 120 / 128, 247 / 256])
+    # a stricter threshold needs more votes than the stream has
+    r2 = optpo.sequential_vote(stream, threshold=0.99)
+    assert not r2.stopped and r2.n_used == len(stream)
+
+
+def test_equivalent_answers_pool_their_votes_and_none_abstains():
+    stream = ["1/2", None, "0.5", "\\frac{1}{2}", "3", "0.5", "1/2"]
+    r = optpo.sequential_vote(stream, threshold=0.95)
+    # votes for 1/2 after samples 1,3,4,6,7; the "3" at sample 5 delays the stop
+    # (4,1) -> .890625, (5,1) -> .9375 ... never reaches .95 in 7 samples
+    assert not r.stopped and r.consensus == "1/2"
+    r = optpo.sequential_vote(stream, threshold=0.9)
+    assert r.stopped and r.n_used == 4  # (3 votes, 0 against) -> .9375 at the 4th sample
+    assert optpo.sequential_vote([None, None], 0.9).consensus is None
+
+
+def test_min_and_max_samples():
+    assert optpo.sequential_vote(["5"] * 10, 0.95, min_samples=6).n_used == 6
+    r = optpo.sequential_vote(["5"] * 10, 0.95, max_samples=3)
+    assert not r.stopped and r.n_used == 3
+    with pytest.raises(ValueError):
+        optpo.sequential_vote(["5"], threshold=0.4)
+
+
+def test_pseudo_rewards():
+    assert optpo.pseudo_rewards(["1/2", "0.5", "2", None], "1/2").tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert optpo.pseudo_rewards(["1"], None).tolist() == [0.0]
+
+
+def test_majority_and_replay_on_hand_matrix():
+    assert optpo.majority_label([3, 1, 1, 3, -1]) == 3  # tie -> first seen
+    assert optpo.majority_label([-1, -1]) == -1
+    labels = np.array([[0] * 8, [0, 1, 0, 1, 1, 1, 1, 1]])
+    correct = np.array([[True] * 8, [False, True, False, True, True, True, True, True]])
+    orders = replay_orders(2, 8, 1, seed=0)  # order 0 = identity
+    out = optpo.replay_sequential_vote(labels, correct, orders, threshold=0.95)
+    assert out["n_used"].tolist() == [[4, 8]]
+    assert out["sprt_correct"].tolist() == [[True, True]]
+    assert out["fixed_correct"].tolist() == [[True, True]]
+    out = optpo.replay_sequential_vote(labels, correct, orders, threshold=0.95, budget=3)
+    assert out["n_used"].tolist() == [[3, 3]]
+    assert out["fixed_correct"].tolist() == [[True, False]]
+
+
+# -- the update, on a tiny random Qwen2 with a character tokenizer (no model files needed) -----
+class CharTokenizer:
+    def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=True):
+        return "<" + msgs[0]["content"] + ">"
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % 96 for c in text]}
+
+
+def _tiny_model():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
+def _logp(model, tok, prompt, text):
+    import torch
+
+    p = tok(tok.apply_chat_template([{"role": "user", "content": prompt}]))["input_ids"]
+    c = tok(text)["input_ids"]
+    with torch.no_grad():
+        lg = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : -1].float()
+    return float(torch.log_softmax(lg, -1).gather(1, torch.tensor(c)[:, None]).mean())
+
+
+@pytest.mark.parametrize("method", ["lora", "bias"])
+def test_update_raises_likelihood_of_consensus_rollouts(method):
+    if method == "lora":
+        pytest.importorskip("peft")
+    import torch
+
+    model, tok = _tiny_model(), CharTokenizer()
+    ro = [optpo.Rollout("q", "2+2", "four is 4", "4", 1.0, True, 9),
+          optpo.Rollout("q", "2+2", "five is 5", "5", 0.0, False, 9)]
+    before = [_logp(model, tok, "2+2", r.text) for r in ro]
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    new, log = optpo.test_time_update(model, tok, ro, steps=8, lr=1e-2, method=method, baseline="group-mean")
+    after = [_logp(new, tok, "2+2", r.text) for r in ro]
+    assert log["trained_on"] == 2 and len(log["loss"]) == 8
+    # the group-mean objective widens the margin of the consensus rollout over the other one
+    assert after[0] - after[1] > before[0] - before[1] + 0.05
+    # the input model is untouched
+    assert all(torch.equal(w0[k], v) for k, v in model.state_dict().items())
+
+
+def test_update_skips_when_no_signal():
+    model, tok = _tiny_model(), CharTokenizer()
+    ro = [optpo.Rollout("q", "p", "a", "1", 1.0, True, 1)] * 3
+    _, log = optpo.test_time_update(model, tok, ro, steps=1, method="bias", baseline="group-mean")
+    assert log["trained_on"] == 0 and log["loss"] == []

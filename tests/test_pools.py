@@ -1,0 +1,210 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from optscale.config import RunConfig, load_config
+from optscale.data import Problem
+from optscale.pools import (PoolError, generate_pool, read_pool, replay_orders, subsample, write_pool)
+from optscale.samplers.fake import FakeSampler
+from optscale.scorers import get_scorer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _problems(n, dataset="gsm8k"):
+    return [Problem(dataset, f"q{i}", f"What is {i}+1?", str((i % 3) + 1), i) for i in range(n)]
+
+
+def _cfg(tmp_path, n=4):
+    return load_config("cpu", {"pools.pool_dir": str(tmp_path), "pools.pool_name": "fake",
+                               "sampling.n_samples.gsm8k": n, "sampling.backend": "fake"})
+
+
+def _make_pool(tmp_path, n_q=5, n=4):
+    cfg = _cfg(tmp_path, n)
+    sampler = FakeSampler(cfg.sampling)
+    scorer = get_scorer("self-certainty", cfg.scoring)
+    path = generate_pool(cfg, "gsm8k", _problems(n_q), sampler, [scorer], progress=False)
+    return cfg, path
+
+
+def test_generate_read_roundtrip(tmp_path):
+    cfg, path = _make_pool(tmp_path)
+    pool = read_pool(path)
+    assert pool.n_questions == 5 and pool.n_per_question == 4
+    assert pool.scores("self-certainty").shape == (5, 4)
+    assert pool.meta["generator"]["backend"] == "fake" and pool.meta["n_samples"] == 4
+    # grading: the fake sampler boxes one of 1/2/3, gold is (i % 3) + 1
+    df = pool.df
+    expect = df["answer"].astype(str) == df["gold"]
+    assert (df["correct"] == expect).all()
+    assert 0 < df["correct"].mean() < 1
+    # same seed -> same pool
+    cfg2, path2 = _make_pool(tmp_path / "again")
+    pd.testing.assert_frame_equal(read_pool(path2).df, pool.df)
+
+
+def test_seed_changes_samples(tmp_path):
+    cfg = load_config("cpu", {"pools.pool_dir": str(tmp_path), "pools.pool_name": "s1", "sampling.seed": 1,
+                              "sampling.n_samples.gsm8k": 4})
+    p1 = generate_pool(cfg, "gsm8k", _problems(3), FakeSampler(cfg.sampling), progress=False)
+    _, p0 = _make_pool(tmp_path / "s0", n_q=3)
+    assert not read_pool(p1).df["text"].equals(read_pool(p0).df["text"])
+
+
+def test_resume_skips_done_questions(tmp_path):
+    cfg = _cfg(tmp_path)
+    sampler = FakeSampler(cfg.sampling)
+    generate_pool(cfg, "gsm8k", _problems(6), sampler, max_questions=2, progress=False)
+    assert read_pool(tmp_path / "fake" / "gsm8k.parquet").n_questions == 2
+    calls = sampler.calls
+    generate_pool(cfg, "gsm8k", _problems(6), sampler, progress=False)
+    assert sampler.calls - calls == 4  # only the 4 missing questions were sampled
+    assert read_pool(tmp_path / "fake" / "gsm8k.parquet").n_questions == 6
+
+
+def test_mismatched_setting_is_refused(tmp_path):
+    cfg, path = _make_pool(tmp_path)
+    other = cfg.replace({"sampling.n_samples.gsm8k": 8})
+    with pytest.raises(PoolError, match="n_samples=4"):
+        generate_pool(other, "gsm8k", _problems(6), FakeSampler(other.sampling), progress=False)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from optscale.config import load_config
+    from optscale.data import Problem
+    from optscale.pools import generate_pool
+    from optscale.samplers.fake import FakeSampler
+    cfg = load_config("cpu", {{"pools.pool_dir": {root!r}, "pools.pool_name": "fake",
+                              "sampling.n_samples.gsm8k": 4}})
+    probs = [Problem("gsm8k", f"q{{i}}", f"What is {{i}}+1?", str((i % 3) + 1), i) for i in range(30)]
+    generate_pool(cfg, "gsm8k", probs, FakeSampler(cfg.sampling, delay_s={delay}), flush_every=3, progress=False)
+""")
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(root=str(killed), delay=0.03)], env=env)
+    ckpt = killed / "fake" / "gsm8k.checkpoint.jsonl"
+    parquet = killed / "fake" / "gsm8k.parquet"
+    deadline = time.time() + 60
+    # wait until at least one flush happened and the next checkpoint has started filling
+    while time.time() < deadline and not (parquet.exists() and ckpt.exists() and ckpt.stat().st_size > 0):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert parquet.exists(), "the run never flushed (machine too slow?)"
+    partial = read_pool(parquet).n_questions
+    assert 0 < partial < 30
+    # a truncated last checkpoint line, as a kill mid-write leaves it
+    with open(ckpt, "a") as f:
+        f.write('{"question_id": "q29", "rows": [{"datas')
+    cfg = load_config("cpu", {"pools.pool_dir": str(killed), "pools.pool_name": "fake", "sampling.n_samples.gsm8k": 4})
+    probs = [Problem("gsm8k", f"q{i}", f"What is {i}+1?", str((i % 3) + 1), i) for i in range(30)]
+    with pytest.warns(UserWarning, match="truncated"):
+        generate_pool(cfg, "gsm8k", probs, FakeSampler(cfg.sampling), progress=False)
+    cfg2 = load_config("cpu", {"pools.pool_dir": str(clean), "pools.pool_name": "fake", "sampling.n_samples.gsm8k": 4})
+    generate_pool(cfg2, "gsm8k", probs, FakeSampler(cfg2.sampling), progress=False)
+    resumed, full = read_pool(parquet).df, read_pool(clean / "fake" / "gsm8k.parquet").df
+    assert len(resumed) == 30 * 4 and not resumed.duplicated(["question_id", "sample_index"]).any()
+    pd.testing.assert_frame_equal(resumed, full)
+    assert not ckpt.exists()
+
+
+def _corrupt(path, mutate):
+    t = pq.read_table(path)
+    df = t.to_pandas()
+    mutate(df)
+    meta = json.loads(t.schema.metadata[b"optscale"])
+    return df, meta
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda d: d.__setitem__("score__self-certainty", d["score__self-certainty"].where(d.index != 3, np.nan)),
+         r"row 3 \(question 'q0', sample 3\): field 'score__self-certainty' is NaN"),
+        (lambda d: d.__setitem__("score__self-certainty", d["score__self-certainty"].where(d.index != 5, 1.5)),
+         r"row 5 .*field 'score__self-certainty' = 1.5 is outside \[0, 1\]"),
+        (lambda d: d.__setitem__("finish_reason", d["finish_reason"].where(d.index != 2, "eos")),
+         r"row 2 .*field 'finish_reason' = 'eos'"),
+        (lambda d: d.__setitem__("sample_index", d["sample_index"].where(d.index != 1, 0)),
+         r"question 'q0'\): field 'sample_index'"),
+        (lambda d: d.__setitem__("n_tokens", d["n_tokens"].where(d.index != 0, 999)),
+         r"row 0 .*field 'token_logprobs' has \d+ values for n_tokens=999"),
+    ],
+)
+def test_bad_pools_name_row_and_field(tmp_path, mutate, message):
+    cfg, path = _make_pool(tmp_path)
+    df, meta = _corrupt(path, mutate)
+    with pytest.raises(PoolError, match=message):
+        write_pool(df, meta, tmp_path / "bad.parquet")
+
+
+def test_bad_files(tmp_path):
+    cfg, path = _make_pool(tmp_path)
+    data = path.read_bytes()
+    trunc = tmp_path / "trunc.parquet"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PoolError, match=r"trunc.parquet: not a readable Parquet pool"):
+        read_pool(trunc)
+    with pytest.raises(PoolError, match="pool file not found"):
+        read_pool(tmp_path / "missing.parquet")
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"x": [1]}), plain)
+    with pytest.raises(PoolError, match="no 'optscale' metadata"):
+        read_pool(plain)
+    t = pq.read_table(path)
+    nometa_missing = t.drop(["correct"])
+    bad = tmp_path / "nocol.parquet"
+    pq.write_table(nometa_missing, bad)
+    with pytest.raises(PoolError, match=r"missing column\(s\) \['correct'\]"):
+        read_pool(bad)
+    mixed = tmp_path / "mixed.parquet"
+    df = t.to_pandas()
+    df.loc[4, "dataset"] = "math500"
+    meta = json.loads(t.schema.metadata[b"optscale"])
+    write_pool(df, meta, mixed)
+    with pytest.raises(PoolError, match=r"row 4: field 'dataset' = 'math500'"):
+        read_pool(mixed)
+
+
+def test_replay_orders_and_subsample():
+    orders = replay_orders(3, 5, 50, seed=1)
+    assert orders.shape == (50, 3, 5)
+    assert (np.sort(orders, axis=-1) == np.arange(5)).all()
+    assert (orders[0] == np.arange(5)).all()
+    assert np.array_equal(orders, replay_orders(3, 5, 50, seed=1))
+    assert not np.array_equal(orders, replay_orders(3, 5, 50, seed=2))
+    vals = np.arange(15).reshape(3, 5)
+    sub = subsample(vals, orders, 2)
+    assert sub.shape == (50, 3, 2)
+    assert np.array_equal(sub[0], vals[:, :2])
+    # each question keeps its own samples
+    assert all(set(sub[o, q]) <= set(vals[q]) for o in range(50) for q in range(3))
+    # over many orders every sample shows up first about equally often
+    firsts = np.bincount(replay_orders(1, 4, 4000, seed=0)[:, 0, 0], minlength=4)
+    assert firsts.min() > 800
+    with pytest.raises(ValueError):
+        subsample(vals, orders, 6)
+
+
+def test_pool_head_and_matrix(tmp_path):
+    cfg, path = _make_pool(tmp_path)
+    pool = read_pool(path)
+    h = pool.head(2)
+    assert h.n_questions == 2 and h.correct().shape == (2, 4)
+    assert pool.tokens().dtype == float and (pool.tokens() > 0).all()

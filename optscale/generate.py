@@ -18,6 +18,20 @@ from .samplers import get_sampler
 from .scorers import get_scorer
 
 
+def build_scorers(cfg, sampler, names=None):
+    """The profile's scorers (or ``names`` among them); the LM judge shares the sampler's model
+    when the sampler has one in this process."""
+    out = []
+    for name in cfg.scoring.scorers:
+        if names is not None and name not in names:
+            continue
+        kw = {}
+        if name == "lm-judge" and hasattr(sampler, "model"):
+            kw = {"model": sampler.model, "tokenizer": sampler.tokenizer}
+        out.append(get_scorer(name, cfg.scoring, **kw))
+    return out
+
+
 def _problems(cfg, ds):
     return load_benchmark(ds, cfg.data.data_dir, limit=cfg.data.max_questions[ds] or None)
 
@@ -26,11 +40,7 @@ def cmd_pools(args) -> int:
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
     sampler = get_sampler(cfg.sampling.backend, cfg.sampling)
-    online = [s for s in cfg.scoring.scorers if s in args.online.split(",")] if args.online else []
-    scorers = []
-    for name in online:
-        kw = {"model": sampler.model, "tokenizer": sampler.tokenizer} if name == "lm-judge" and hasattr(sampler, "model") else {}
-        scorers.append(get_scorer(name, cfg.scoring, **kw))
+    scorers = build_scorers(cfg, sampler, args.online.split(",") if args.online else [])
     problems = {ds: _problems(cfg, ds) for ds in datasets}
     t0 = time.time()
     while True:

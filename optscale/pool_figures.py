@@ -1,0 +1,74 @@
+"""Figures of what a pool holds (notebook 00). Each ``plot_*`` takes tidy frames / pools and
+returns a matplotlib Figure; saving is :func:`optscale.provenance.save_figure`'s job."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .pools import Pool
+
+__all__ = ["plot_fixed_n_curves", "plot_score_histograms", "pool_caption"]
+
+
+def pool_caption(pools: dict[str, Pool], scorer: str | None = None) -> str:
+    """One line naming the pool(s) a figure came from: generator, scorer, n, seed, questions."""
+    if not pools:
+        return "no pools"
+    any_pool = next(iter(pools.values()))
+    g = any_pool.meta.get("generator", {})
+    sizes = ", ".join(f"{d} {p.n_questions}x{p.n_per_question}" for d, p in pools.items())
+    return (f"pool {any_pool.meta.get('pool_name', '?')}: generator {g.get('model', '?')} "
+            f"({g.get('backend', '?')}, {g.get('dtype', '')}, T={g.get('temperature', '?')}, top_p={g.get('top_p', '?')}), "
+            f"scorer {scorer or ', '.join(any_pool.scorers)}, seed {any_pool.meta.get('seed', '?')}; "
+            f"questions x samples: {sizes}")
+
+
+def plot_fixed_n_curves(curves: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Accuracy vs N (log2 axis) per method with bootstrap CI bands, one panel per dataset.
+    ``curves``: output of :func:`optscale.curves.fixed_n_curves` (concatenated over datasets)."""
+    datasets = list(dict.fromkeys(curves["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.0), squeeze=False, sharey=False)
+    palette = dict(zip(sorted(curves["method"].unique()), sns.color_palette("colorblind")))
+    for ax, ds in zip(axes[0], datasets):
+        sub = curves[curves["dataset"] == ds]
+        for method, g in sub.groupby("method"):
+            g = g.sort_values("N")
+            ax.plot(g["N"], g["accuracy"], marker="o", ms=3, label=method, color=palette[method])
+            ax.fill_between(g["N"], g["ci_low"], g["ci_high"], alpha=0.2, color=palette[method])
+        ax.set_xscale("log", base=2)
+        ax.set_title(ds)
+        ax.set_xlabel("N (samples per question)")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_histograms(pools: dict[str, Pool], scorers: list[str]) -> plt.Figure:
+    """Score distributions of correct vs wrong samples, rows = scorers, columns = datasets."""
+    fig, axes = plt.subplots(len(scorers), len(pools), figsize=(3.0 * len(pools), 2.4 * len(scorers)),
+                             squeeze=False)
+    for i, sc in enumerate(scorers):
+        for j, (ds, pool) in enumerate(pools.items()):
+            ax = axes[i][j]
+            col = f"score__{sc}"
+            if col not in pool.df:
+                ax.set_axis_off()
+                continue
+            df = pool.df[[col, "correct"]].rename(columns={col: "score"})
+            bins = np.linspace(0, 1, 26)
+            for ok, color in ((False, "tab:red"), (True, "tab:green")):
+                x = df.loc[df["correct"] == ok, "score"]
+                if len(x):
+                    ax.hist(x, bins=bins, alpha=0.55, density=True, color=color,
+                            label=f"{'correct' if ok else 'wrong'} (n={len(x)})")
+            ax.set_title(f"{ds}: {sc}", fontsize=8)
+            ax.legend(fontsize=6)
+            ax.set_xlabel("score")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,64 @@
+"""run_all.sh executes notebooks for real, stops at the first failure and names it."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat as nbf
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _nb(path, body):
+    nb = nbf.v4.new_notebook()
+    nb.cells = [
+        nbf.v4.new_code_cell('profile: str = "cpu"\nrun_dir: str = "x"\noverrides: str = ""', metadata={"tags": ["parameters"]}),
+        nbf.v4.new_code_cell(body),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbf.write(nb, path)
+
+
+@pytest.fixture
+def workbook(tmp_path):
+    shutil.copy(ROOT / "run_all.sh", tmp_path / "run_all.sh")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    (tmp_path / "notebooks").mkdir()
+    return tmp_path
+
+
+def _run(wb, *args):
+    return subprocess.run(["bash", str(wb / "run_all.sh"), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_runs_in_order_and_writes_outputs(workbook):
+    _nb(workbook / "notebooks" / "00_first.ipynb",
+        "from pathlib import Path\nPath(run_dir, 'first.txt').write_text(profile + '|' + overrides)")
+    _nb(workbook / "notebooks" / "01_second.ipynb",
+        "from pathlib import Path\nassert Path(run_dir, 'first.txt').read_text() == 'smoke|pools.replay_orders=3'")
+    r = _run(workbook, "--profile", "smoke", "--run-id", "t1", "--overrides", "pools.replay_orders=3")
+    assert r.returncode == 0, r.stderr
+    out = workbook / "outputs" / "t1"
+    assert (out / "notebooks" / "00_first.ipynb").is_file() and (out / "notebooks" / "01_second.ipynb").is_file()
+    assert (out / "logs" / "01_second.log").is_file()
+
+
+def test_failing_notebook_stops_the_run_and_is_named(workbook):
+    _nb(workbook / "notebooks" / "00_ok.ipynb", "x = 1")
+    _nb(workbook / "notebooks" / "01_broken.ipynb", "raise RuntimeError('boom from the notebook')")
+    _nb(workbook / "notebooks" / "02_never.ipynb", "x = 2")
+    r = _run(workbook, "--profile", "smoke", "--run-id", "t2")
+    assert r.returncode != 0
+    assert "01_broken FAILED" in r.stderr and "boom from the notebook" in r.stderr
+    out = workbook / "outputs" / "t2" / "notebooks"
+    assert (out / "00_ok.ipynb").is_file() and not (out / "02_never.ipynb").exists()
+
+
+def test_bad_profile_and_override_are_refused(workbook):
+    _nb(workbook / "notebooks" / "00_ok.ipynb", "x = 1")
+    r = _run(workbook, "--profile", "nope")
+    assert r.returncode == 2 and "no profile 'nope'" in r.stderr
+    r = _run(workbook, "--profile", "smoke", "--overrides", "sampling.sed=1")
+    assert r.returncode != 0 and "unknown config key 'sampling.sed'" in r.stderr
+    assert not (workbook / "outputs").exists() or not any((workbook / "outputs").iterdir())

@@ -14,10 +14,13 @@ any shapes (questions x parameter grids), with no Python loop over questions.
 
 Exact semantics of :func:`required_samples` (tested against a brute-force loop over N):
 
-- The acceptance test is ``confidence_at(F, N) >= 1 - delta`` evaluated in float64, i.e. exactly
-  the test a loop ``for N in 1..max_N`` would make. The closed form gives a candidate, which is
-  then corrected by one step either way so that floating-point rounding of the logarithms can
-  never make it differ from that loop.
+- The acceptance test is ``N * log(F) <= log(delta)`` (that is ``F^N <= delta``, i.e. confidence
+  ``1 - F^N >= 1 - delta``), in float64 with ``log`` taken once per entry. It is the test the
+  reference-style loop ``for N in 1..max_N`` makes (:func:`required_samples_loop`). The closed
+  form gives a candidate, which is then corrected by one step either way, so floating-point
+  rounding of ``log(delta) / log(F)`` can never make the two differ. (The log form is used
+  rather than ``1 - F**N`` because ``pow`` may round differently between numpy's array and
+  scalar code paths, and because it keeps precision for ``F`` near 1.)
 - ``F(s*) == 0``: the first sample already reaches ``s*``; ``N = n_min``, reachable.
 - ``F(s*) == 1``: ``s*`` can never be reached; ``N = max_N`` and ``reachable = False``.
 - Needed ``N`` above ``max_N``: ``N = max_N`` and ``reachable = False``.
@@ -67,15 +70,17 @@ def confidence_at(F_s, N):
     """Confidence that the best of ``N`` i.i.d. samples reaches ``s*``: ``1 - F_s**N``.
 
     ``F_s``: CDF at the target, any shape; ``N``: sample counts, broadcastable. Returns float
-    array of the broadcast shape."""
+    array of the broadcast shape (computed as ``-expm1(N log F)`` for precision near F = 1)."""
     F = np.asarray(F_s, dtype=float)
     _check_prob("F(s*)", F)
-    return 1.0 - F ** np.asarray(N, dtype=float)
+    with np.errstate(divide="ignore"):
+        return -np.expm1(np.asarray(N, dtype=float) * np.log(F))
 
 
-def _met(F: np.ndarray, N: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    # The one acceptance test, shared with the brute-force loop.
-    return 1.0 - F ** N >= 1.0 - delta
+def _met(log_F: np.ndarray, N: np.ndarray, log_delta: np.ndarray) -> np.ndarray:
+    # The one acceptance test, shared with the brute-force loop: F^N <= delta in the log domain.
+    with np.errstate(invalid="ignore"):  # 0 * -inf where F = 0 and N - 1 = 0 (masked by callers)
+        return N * log_F <= log_delta
 
 
 def required_samples(F_s, delta, max_N: int = 64, n_min: int = 1):
@@ -105,13 +110,14 @@ def required_samples(F_s, delta, max_N: int = 64, n_min: int = 1):
     F, d = np.broadcast_arrays(F, d)
     cap = float(max_N + 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.log(d) / np.log(F)  # F == 0 -> 0; F == 1 -> inf
+        lf, ld = np.log(F), np.log(d)
+        ratio = ld / lf  # F == 0 -> 0; F == 1 -> inf
     ratio = np.where(F >= 1.0, cap, ratio)
     n = np.clip(np.ceil(ratio), 1.0, cap)
     # One correction step each way against the exact float test (log rounding at integers).
-    down = (n > 1) & _met(F, n - 1, d)
+    down = (n > 1) & _met(lf, n - 1, ld)
     n = np.where(down, n - 1, n)
-    up = (n <= max_N) & ~_met(F, n, d)
+    up = (n <= max_N) & ~_met(lf, n, ld)
     n = np.where(up, n + 1, n)
     reachable = n <= max_N
     N = np.clip(n, n_min, max_N).astype(np.int64)
@@ -127,14 +133,16 @@ def required_samples_loop(F_s, delta, max_N: int = 64, n_min: int = 1):
     F = np.asarray(F_s, dtype=float)
     d = np.asarray(delta, dtype=float)
     F, d = np.broadcast_arrays(F, d)
+    with np.errstate(divide="ignore"):
+        LF, LD = np.log(F), np.log(d)
     N = np.empty(F.shape, dtype=np.int64)
     ok = np.empty(F.shape, dtype=bool)
     for idx in np.ndindex(F.shape):
-        f, dd = float(F[idx]), float(d[idx])
+        lf, ld = float(LF[idx]), float(LD[idx])
         found = max_N
         hit = False
         for n in range(1, max_N + 1):
-            if 1.0 - f ** n >= 1.0 - dd:
+            if n * lf <= ld:  # confidence 1 - F^n >= 1 - delta
                 found, hit = n, True
                 break
         N[idx] = max(found, n_min)
@@ -187,3 +195,25 @@ def n_star(mu, sigma, s_star, delta, max_N: int = 64, n_min: int = 1):
     from .fits import truncnorm_cdf
 
     return required_samples(truncnorm_cdf(s_star, mu, sigma), delta, max_N=max_N, n_min=n_min)
+
+
+def mc_coverage(sample: Callable[[np.ndarray, tuple[int, ...], np.random.Generator], np.ndarray], N, s_star,
+                trials: int, seed: int, chunk: int = 64) -> np.ndarray:
+    """Monte Carlo ``P(max of N_q draws >= s*_q)`` per question.
+
+    ``sample(idx, shape, rng)`` returns scores of shape ``(len(idx),) + shape`` drawn from the
+    *true* distributions of questions ``idx``; ``N`` and ``s_star`` are (Q,). Each question gets
+    ``trials`` replicates of ``N_q`` draws (questions are processed ``chunk`` at a time).
+    Seeded: the same ``seed`` gives the same estimates. Returns (Q,) empirical coverage."""
+    N = np.asarray(N, dtype=np.int64)
+    s_star = np.asarray(s_star, dtype=float)
+    rng = np.random.default_rng(seed)
+    out = np.empty(N.shape[0])
+    for start in range(0, N.shape[0], chunk):
+        idx = np.arange(start, min(start + chunk, N.shape[0]))
+        nmax = int(N[idx].max())
+        x = sample(idx, (trials, nmax), rng)
+        used = np.arange(nmax)[None, None, :] < N[idx][:, None, None]
+        hit = ((x >= s_star[idx][:, None, None]) & used).any(axis=2)
+        out[idx] = hit.mean(axis=1)
+    return out

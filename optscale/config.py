@@ -112,20 +112,29 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class TheoryConfig:
-    deltas: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
-    mc_questions: int = 2000
-    mc_trials: int = 2000
-    max_N: int = 64
+    deltas: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)  # failure probabilities checked
+    mc_questions: int = 2000  # simulated questions (resampled from the reference fits)
+    mc_trials: int = 2000  # Monte Carlo replicates of "draw N* samples" per question
+    max_N: int = 64  # sample cap of the bound (the reference's largest N)
+    # Targets: each simulated question's own quantile at a level drawn from this range.
+    target_levels: tuple[float, float] = (0.5, 0.99)
+    reference_peek: int = 3  # which reference/fits/*_peek{k}.csv supplies full_mle_* (same in all)
     seed: int = 7
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    family: str = "truncnorm"
-    peeks: tuple[int, ...] = (3, 5, 10, 20)
-    prior_strength: float = 1.0
-    mu_bounds: tuple[float, float] = (-1.0, 2.0)
+    family: str = "truncnorm"  # registry name in optscale.fits.FITS used by the policies
+    families: tuple[str, ...] = ("truncnorm", "beta", "logit-normal", "kde")  # compared in notebook 02
+    peeks: tuple[int, ...] = (3, 5, 10, 20)  # first-k scores the per-question fit sees
+    prior_strength: float = 1.0  # MAP: multiplies the Gaussian prior's precision
+    prior_tau: tuple[float, float] = (0.1, 0.1)  # MAP prior std of (mu, sigma) at strength 1
+    mu_bounds: tuple[float, float] = (-1.0, 2.0)  # box for mu: no divergence (reference: mu up to 139)
     sigma_bounds: tuple[float, float] = (1e-3, 2.0)
+    delta: float = 0.1  # delta of the N* errors reported in notebook 02
+    target_percentile: float = 0.1  # s* = population F^{-1}(1 - p) in notebook 02
+    sim_scores: int = 64  # scores simulated per reference question (the reference pools had 64)
+    seed: int = 11
 
 
 @dataclass(frozen=True)
@@ -159,12 +168,51 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class SystemsConfig:
+    # Shared: live runs use the first `questions` problems of `benchmark` (pool baselines use the
+    # pool's questions); `max_new_tokens` caps each live sample; `seed` seeds every live run.
+    questions: int = 4  # live runs are CPU-bound: a few questions, illustrative only
+    benchmark: str = "gsm8k"
+    max_new_tokens: int = 256
+    seed: int = 0
+    bootstrap_reps: int = 2000
+    # Particle filtering (notebook 07): rollout budgets for pool curves, the live subset of them.
     particles: tuple[int, ...] = (1, 2, 4, 8, 16)
-    pf_temperature: float = 1.0
+    live_particles: tuple[int, ...] = (1, 2, 4)
+    pf_temperature: float = 0.2  # softmax(reward / T) over rewards in [0, 1]; 1.0 barely selects
     pf_max_steps: int = 12
+    pf_step_tokens: int = 96  # cap per reasoning step (a step ends at a blank line)
+    pf_resampler: str = "systematic"  # multinomial | systematic
+    pf_reward: str = "last"  # step-score aggregation for the particle reward: last | mean | min | prod
+    pf_select: str = "best"  # best | weighted-vote
+    # MarkovScale (notebook 08).
     markov_rounds: int = 3
+    markov_chains: int = 1  # independent revision chains per question
+    revise_template: str = "revise.txt"
+    # OptPO (notebook 09).
     optpo_threshold: float = 0.95
-    questions: int = 16
+    optpo_prior: float = 1.0  # Beta(prior, prior) on the leader's share of the two-way contest
+    optpo_max_samples: int = 8  # fixed budget the sequential vote is compared against
+    optpo_method: str = "lora"  # lora (peft) | bias
+    optpo_steps: int = 2
+    optpo_lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ConfigError(f"systems.benchmark={self.benchmark!r}: use one of {list(BENCHMARKS)}")
+        if self.pf_temperature <= 0:
+            raise ConfigError("systems.pf_temperature must be > 0")
+        if self.pf_resampler not in ("multinomial", "systematic"):
+            raise ConfigError(f"systems.pf_resampler={self.pf_resampler!r}: use multinomial|systematic")
+        if self.pf_reward not in ("last", "mean", "min", "prod"):
+            raise ConfigError(f"systems.pf_reward={self.pf_reward!r}: use last|mean|min|prod")
+        if self.pf_select not in ("best", "weighted-vote"):
+            raise ConfigError(f"systems.pf_select={self.pf_select!r}: use best|weighted-vote")
+        if not 0.5 < self.optpo_threshold < 1.0:
+            raise ConfigError("systems.optpo_threshold must be in (0.5, 1)")
+        if self.optpo_method not in ("lora", "bias"):
+            raise ConfigError(f"systems.optpo_method={self.optpo_method!r}: use lora|bias")
+        if min(self.particles + self.live_particles, default=1) < 1 or self.markov_rounds < 1:
+            raise ConfigError("systems.particles / live_particles / markov_rounds must be >= 1")
 
 
 @dataclass(frozen=True)

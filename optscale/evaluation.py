@@ -47,6 +47,7 @@ __all__ = [
     "pool_arrays",
     "answer_class_matrix",
     "replay",
+    "warm_fit_cache",
     "bon_curve",
     "oracle_curve",
     "interval_estimates",
@@ -217,6 +218,56 @@ class ReplayResult:
         return {"accuracy": self.correct.mean(0), "tokens": self.tokens.mean(0), "n": self.n.mean(0)}
 
 
+class _Fit(tuple):
+    """(mu, sigma) of one cached batched fit, with the attribute names of FitResult."""
+
+    mu = property(lambda self: self[0])
+    sigma = property(lambda self: self[1])
+
+
+def warm_fit_cache(policy: Policy, data: PoolArrays, orders: np.ndarray, max_N: int, caches: list[dict],
+                   chunk: int = 20000) -> int:
+    """Fill the per-question fit caches with every fit ``policy`` will ask for during a replay
+    (prefixes ``policy.fit_prefixes(max_N)`` of every order), in batched
+    :func:`optscale.fits.fit_truncnorm` calls. Returns the number of new fits."""
+    from .fits import fit_truncnorm
+    from .policies import fit_key
+
+    ns = [n for n in policy.fit_prefixes(max_N) if 1 <= n <= max_N] if hasattr(policy, "fit_prefixes") else []
+    if not ns:
+        return 0
+    strength = float(policy.params.get("prior_strength", 1.0))
+    todo: dict[tuple, list] = {}  # prior arity group -> rows
+    for q in range(data.n_questions):
+        qprior = policy.prior_for(tuple(data.prior[q]) if data.prior is not None else None)
+        seen = set()
+        for o in range(orders.shape[0]):
+            for n in ns:
+                idx = orders[o, q, :n]
+                key = fit_key(qprior, strength, idx)
+                if key in caches[q] or key in seen:
+                    continue
+                seen.add(key)
+                group = None if qprior is None else len(qprior)
+                todo.setdefault(group, []).append((q, key, idx, qprior))
+    total = 0
+    for group, rows in todo.items():
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            X = np.zeros((len(part), max_N))
+            M = np.zeros((len(part), max_N), dtype=bool)
+            for r, (q, _, idx, _) in enumerate(part):
+                X[r, :len(idx)] = data.scores[q, idx]
+                M[r, :len(idx)] = True
+            prior = None if group is None else tuple(np.array([p[3][j] for p in part]) for j in range(group))
+            fit = fit_truncnorm(X, prior=prior, prior_strength=strength, mask=M) if prior is not None \
+                else fit_truncnorm(X, mask=M)
+            for r, (q, key, _, _) in enumerate(part):
+                caches[q][key] = _Fit((float(fit.mu[r]), float(fit.sigma[r])))
+            total += len(part)
+    return total
+
+
 def replay(policy: Policy, data: PoolArrays, orders: np.ndarray, max_N: int | None = None,
            caches: list[dict] | None = None) -> ReplayResult:
     """Feed each question's samples in each order until the policy stops (or ``max_N``).
@@ -228,6 +279,7 @@ def replay(policy: Policy, data: PoolArrays, orders: np.ndarray, max_N: int | No
     if orders.shape[1] != Q:
         raise ValueError(f"orders cover {orders.shape[1]} questions, data has {Q}")
     caches = caches if caches is not None else [dict() for _ in range(Q)]
+    warm_fit_cache(policy, data, orders, max_N, caches)
     n_out = np.zeros((O, Q), dtype=int)
     tok = np.zeros((O, Q))
     cor = np.zeros((O, Q), dtype=bool)
@@ -312,6 +364,7 @@ def interval_estimates(values_by_method: Mapping[str, Any], rng: np.random.Gener
     also resample orders within each question (rliable's within-task resampling). ``rng`` is
     required (a Generator or a seed). Returns ``(points, intervals)`` dicts keyed by method."""
     rng = np.random.default_rng(rng)
+    default_stat = stat is None
     stat = stat or (lambda x: float(np.mean(x)))
     as_tuple = {k: (v if isinstance(v, tuple) else (v,)) for k, v in values_by_method.items()}
     Qs = {np.asarray(a).shape[-1] for v in as_tuple.values() for a in v}
@@ -327,6 +380,11 @@ def interval_estimates(values_by_method: Mapping[str, Any], rng: np.random.Gener
     for k, arrays in as_tuple.items():
         arrays = [np.asarray(a, dtype=float) for a in arrays]
         points[k] = float(stat(*[_per_question(a) for a in arrays]))
+        if default_stat and not stratified:
+            boots = _per_question(arrays[0])[qidx].mean(1)
+            lo, hi = np.nanquantile(boots, [alpha, 1 - alpha])
+            intervals[k] = (float(lo), float(hi))
+            continue
         boots = np.empty(reps)
         for r in range(reps):
             res = []

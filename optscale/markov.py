@@ -104,7 +104,7 @@ def revision_helps(p1: float, a: float, b: float) -> bool:
     """True when the limit accuracy exceeds the first-round accuracy, i.e.
     ``b (1 - p_1) > (1 - a) p_1``."""
     p1, a, b = _check_prob("p1", p1), _check_prob("a", a), _check_prob("b", b)
-    return b * (1.0 - p1) > (1.0 - a) * p1
+    return b * (1.0 - p1) - (1.0 - a) * p1 > 1e-12  # the neutral line itself is not "helps"
 
 
 def neutral_b(p1: float, a: float) -> float:
@@ -205,8 +205,9 @@ class MarkovChainFit:
         for k in ("p1", "a", "b"):
             lo, hi = getattr(self, f"{k}_ci")
             d[f"{k}_lo"], d[f"{k}_hi"] = lo, hi
-        d["limit"] = self.limit if (1 - self.a + self.b) > 0 else float("nan")
-        d["helps"] = self.helps()
+        ok = not (math.isnan(self.a) or math.isnan(self.b) or math.isnan(self.p1))
+        d["limit"] = self.limit if ok and (1 - self.a + self.b) > 0 else float("nan")
+        d["helps"] = self.helps() if ok else None
         d.update(self.counts)
         return d
 

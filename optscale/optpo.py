@@ -51,12 +51,13 @@ __all__ = [
 
 def consensus_posterior(n_lead: int | np.ndarray, n_second: int | np.ndarray, prior: float = 1.0):
     """Posterior probability that the leading answer is the consensus, ``P(theta > 1/2)`` under
-    ``Beta(prior + n_lead, prior + n_second)``. Broadcasts over arrays."""
+    ``Beta(prior + n_lead, prior + n_second)``; ``n_second`` is the runner-up's votes, or all
+    other rollouts for the stricter ``against="rest"`` form. Broadcasts over arrays."""
     if prior <= 0:
         raise ValueError("prior must be > 0")
     n1, n2 = np.asarray(n_lead, dtype=float), np.asarray(n_second, dtype=float)
-    if np.any(n1 < n2) or np.any(n2 < 0):
-        raise ValueError("need n_lead >= n_second >= 0")
+    if np.any(n1 < 0) or np.any(n2 < 0):
+        raise ValueError("vote counts must be >= 0")
     out = special.betainc(prior + n2, prior + n1, 0.5)  # = 1 - I_{1/2}(prior+n1, prior+n2)
     return float(out) if out.ndim == 0 else out
 
@@ -74,12 +75,16 @@ class SequentialVote:
 
 def sequential_vote(answers: Sequence[str | None], threshold: float, prior: float = 1.0,
                     min_samples: int = 1, max_samples: int | None = None,
-                    labels: Sequence[int] | None = None) -> SequentialVote:
+                    labels: Sequence[int] | None = None, against: str = "runner-up") -> SequentialVote:
     """Consume ``answers`` in order and stop once ``consensus_posterior >= threshold``.
 
     ``answers`` are final answers (None = no answer; it is consumed but casts no vote).
     ``labels`` may pass precomputed equivalence classes (e.g. from a pool) to skip math-verify.
-    Ties for the lead go to the class seen first."""
+    Ties for the lead go to the class seen first. ``against``: ``runner-up`` (the leader vs the
+    second class, default) or ``rest`` (the leader vs every other rollout, abstentions included:
+    a stricter "majority of all rollouts" consensus, the form ``optscale.policies`` uses)."""
+    if against not in ("runner-up", "rest"):
+        raise ValueError(f"against must be 'runner-up' or 'rest', got {against!r}")
     if not 0.5 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0.5, 1), got {threshold}")
     lab = list(labels) if labels is not None else answer_classes(list(answers))
@@ -99,7 +104,7 @@ def sequential_vote(answers: Sequence[str | None], threshold: float, prior: floa
             ordered = sorted(counts.items(), key=lambda kv: (-kv[1], first_seen[kv[0]]))
             leader = ordered[0][0]
             n1 = ordered[0][1]
-            n2 = ordered[1][1] if len(ordered) > 1 else 0
+            n2 = (ordered[1][1] if len(ordered) > 1 else 0) if against == "runner-up" else i + 1 - n1
             post.append(consensus_posterior(n1, n2, prior))
         else:
             post.append(0.5)
@@ -305,30 +310,61 @@ def majority_label(labels: Sequence[int]) -> int:
     return next(int(l) for l in labels if l >= 0 and counts[int(l)] == best)
 
 
-def replay_sequential_vote(labels: np.ndarray, correct: np.ndarray, orders: np.ndarray, threshold: float,
-                           prior: float = 1.0, budget: int | None = None) -> dict[str, np.ndarray]:
-    """Replay the sequential vote and fixed-budget majority voting on pool sample streams.
+def _class_tallies(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For streams of class labels (..., m) with values in [-1, n_classes): running vote counts
+    (..., m, n_classes) and each class's first position in the stream (..., n_classes; m if absent)."""
+    m = labels.shape[-1]
+    n_classes = max(int(labels.max()) + 1, 1)
+    onehot = labels[..., None] == np.arange(n_classes)
+    counts = np.cumsum(onehot, axis=-2)
+    first = np.where(onehot.any(-2), onehot.argmax(-2), m)
+    return counts, first
 
-    ``labels``, ``correct``: (questions, n) from :func:`pool_class_labels` and ``Pool.correct()``;
-    ``orders``: (orders, questions, n) from :func:`optscale.pools.replay_orders`; ``budget``
-    caps the stream (default n). Returns (orders, questions) arrays ``n_used``, ``sprt_correct``
-    (the stopped vote's class is correct) and ``fixed_correct`` (majority over all ``budget``
-    samples, ties to the class seen first in the stream)."""
+
+def replay_sequential_vote(labels: np.ndarray, correct: np.ndarray, orders: np.ndarray, threshold: float,
+                           prior: float = 1.0, budget: int | None = None,
+                           against: str = "runner-up") -> dict[str, np.ndarray]:
+    """Replay the sequential vote and fixed-budget majority voting on pool sample streams
+    (vectorised; same decisions as :func:`sequential_vote` / :func:`majority_label`).
+
+    ``labels``, ``correct``: (questions, n) from :func:`pool_class_labels` and ``Pool.correct()``
+    (a class label is the index of its first member, so ``correct[i, label]`` is the class's
+    correctness); ``orders``: (orders, questions, n) from :func:`optscale.pools.replay_orders`;
+    ``budget`` caps the stream (default n). Returns (orders, questions) arrays ``n_used``,
+    ``sprt_correct`` (the stopped vote's class is correct) and ``fixed_correct`` (majority over
+    all ``budget`` samples, ties to the class seen first in the stream)."""
+    if not 0.5 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0.5, 1), got {threshold}")
     q, n = labels.shape
     budget = n if budget is None else budget
     if budget > n:
         raise ValueError(f"budget={budget} exceeds the pool's {n} samples")
-    n_used = np.zeros(orders.shape[:2], dtype=int)
-    sprt_ok = np.zeros(orders.shape[:2], dtype=bool)
-    fixed_ok = np.zeros(orders.shape[:2], dtype=bool)
-    for o in range(orders.shape[0]):
-        for i in range(q):
-            idx = orders[o, i, :budget]
-            lab = labels[i, idx]
-            ok = correct[i, idx]
-            v = sequential_vote([None] * budget, threshold, prior, labels=lab.tolist())
-            n_used[o, i] = v.n_used
-            cls_ok = {int(l): bool(c) for l, c in zip(lab, ok) if l >= 0}
-            sprt_ok[o, i] = cls_ok.get(v.consensus_label, False)
-            fixed_ok[o, i] = cls_ok.get(majority_label(lab), False)
-    return {"n_used": n_used, "sprt_correct": sprt_ok, "fixed_correct": fixed_ok}
+    lab = np.take_along_axis(np.broadcast_to(labels, orders.shape), orders, -1)[..., :budget]  # (O, Q, B)
+    counts, first = _class_tallies(lab)  # (O, Q, B, C), (O, Q, C)
+    top2 = -np.sort(-counts, axis=-1)[..., :2] if counts.shape[-1] > 1 else np.concatenate(
+        [counts, np.zeros_like(counts)], -1)
+    if against == "rest":
+        top2 = top2.copy()
+        top2[..., 1] = np.arange(1, budget + 1) - top2[..., 0]
+    elif against != "runner-up":
+        raise ValueError(f"against must be 'runner-up' or 'rest', got {against!r}")
+    post = consensus_posterior(top2[..., 0], top2[..., 1], prior)
+    post = np.where(top2[..., 0] > 0, post, 0.0)
+    hit = post >= threshold  # (O, Q, B)
+    stop = np.where(hit.any(-1), hit.argmax(-1), budget - 1)
+    n_used = stop + 1
+    # leader at the stop (and at the end): most votes, ties to the class seen first
+    tie = first / (budget + 1.0)  # < 1, so it only breaks ties between equal counts
+
+    def leader(c: np.ndarray) -> np.ndarray:
+        key = np.where(c > 0, c - tie, -np.inf)
+        return np.where(np.isfinite(key).any(-1), key.argmax(-1), -1)
+
+    at_stop = np.take_along_axis(counts, stop[..., None, None], -2)[..., 0, :]
+    lead_stop, lead_end = leader(at_stop), leader(counts[..., -1, :])
+    corr = np.broadcast_to(correct.astype(bool), (orders.shape[0], q, n))
+
+    def ok(lead: np.ndarray) -> np.ndarray:
+        return np.where(lead >= 0, np.take_along_axis(corr, np.maximum(lead, 0)[..., None], -1)[..., 0], False)
+
+    return {"n_used": n_used, "sprt_correct": ok(lead_stop), "fixed_correct": ok(lead_end)}

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from .registry import Registry
 
@@ -119,6 +119,11 @@ def group_confidences(token_confidence: Sequence[float], window: int) -> np.ndar
 def lowest_group_confidence(token_confidence: Sequence[float], window: int) -> float:
     g = group_confidences(token_confidence, window)
     return float(g.min()) if g.size else float("nan")
+
+
+def _beta_sf_half(a: float, b: float) -> float:
+    """P(X > 1/2) for X ~ Beta(a, b) (= I_{1/2}(b, a))."""
+    return float(special.betainc(b, a, 0.5))
 
 
 def vote(classes: Sequence[int], weights: Sequence[float] | None = None) -> tuple[int | None, np.ndarray, np.ndarray]:
@@ -319,7 +324,7 @@ class AdaptiveConsistency(Policy):
         if v1 == 0:
             return False
         # P(p1 > p2) with (p1 / (p1 + p2)) ~ Beta(v1 + 1, v2 + 1)
-        return stats.beta.sf(0.5, v1 + 1, v2 + 1) >= self.threshold
+        return _beta_sf_half(v1 + 1, v2 + 1) >= self.threshold
 
     def select(self):
         return self._vote()
@@ -361,7 +366,7 @@ class OptPOBayesSPRT(Policy):
         if v1 == 0:
             return False
         # posterior of the leader's share of all votes (unanswered count against it)
-        return stats.beta.sf(0.5, self.a0 + v1, self.b0 + rest + unanswered) >= self.threshold
+        return _beta_sf_half(self.a0 + v1, self.b0 + rest + unanswered) >= self.threshold
 
     def select(self):
         return self._vote()
@@ -466,12 +471,18 @@ class DeepConf(Policy):
 # ---------------------------------------------------------------------------------------------
 # Score-distribution policies (OptScale and IAS)
 # ---------------------------------------------------------------------------------------------
-def _fit(ctx: QuestionContext, seen: Sequence[Sample], prior: tuple[float, float] | None,
+def fit_key(prior: tuple[float, ...] | None, prior_strength: float, indices) -> tuple:
+    """Cache key of a fit: the prior and the *set* of sample indices (fits ignore order)."""
+    return ("fit", prior, float(prior_strength), frozenset(int(i) for i in indices))
+
+
+def _fit(ctx: QuestionContext, seen: Sequence[Sample], prior: tuple[float, ...] | None,
          prior_strength: float):
-    """Truncated-normal fit of the observed scores, cached by the set of sample indices."""
+    """Truncated-normal fit of the observed scores, cached by the set of sample indices
+    (:func:`optscale.evaluation.warm_fit_cache` fills the cache in one batched fit)."""
     from .fits import fit_truncnorm
 
-    key = ("fit", prior, prior_strength, frozenset(s.index for s in seen))
+    key = fit_key(prior, prior_strength, (s.index for s in seen))
     hit = ctx.cache.get(key)
     if hit is None:
         scores = np.array([s.score for s in seen], dtype=float)
@@ -500,15 +511,22 @@ class _OptScaleBase(Policy):
             self.population_prior = calib.population_prior()
             self.params["population_prior"] = self.population_prior
 
-    def _prior(self) -> tuple[float, ...] | None:
+    def prior_for(self, question_prior: tuple[float, ...] | None) -> tuple[float, ...] | None:
         """(mu0, sigma0[, tau_mu]): the question's prior (a third entry, the predictor's
-        uncertainty, becomes the prior scale of mu), else the population prior."""
+        uncertainty, becomes the prior scale of mu), else the population prior; None for MLE."""
         if not self.use_prior:
             return None
-        p = self.ctx.prior if self.ctx.prior is not None else self.population_prior
+        p = question_prior if question_prior is not None else self.population_prior
         if p is None:
             raise ValueError(f"policy {self.name!r} needs a prior: pass per-question priors or call prepare()")
         return tuple(float(x) for x in p[:3])
+
+    def fit_prefixes(self, max_N: int) -> list[int]:
+        """Numbers of observed samples at which this policy fits (for batched cache warming)."""
+        return [self.k] if self.k <= max_N else []
+
+    def _prior(self):
+        return self.prior_for(self.ctx.prior)
 
     def _n_star(self) -> tuple[int, bool]:
         from .bounds import n_star
@@ -560,11 +578,14 @@ class OptScaleSequential(_OptScaleBase):
             self.population_prior = calib.population_prior()
             self.params["population_prior"] = self.population_prior
 
-    def _prior(self):
+    def prior_for(self, question_prior):
         if not self.params["use_prior"]:
             return None
-        p = self.ctx.prior if self.ctx.prior is not None else self.population_prior
+        p = question_prior if question_prior is not None else self.population_prior
         return None if p is None else tuple(float(x) for x in p[:3])
+
+    def fit_prefixes(self, max_N):
+        return list(range(self.k, max_N + 1))
 
     def _stop(self, n):
         if n < self.k:

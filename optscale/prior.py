@@ -51,6 +51,9 @@ __all__ = [
     "build_predictor",
     "load_predictor",
     "split_indices",
+    "question_groups",
+    "pool_targets",
+    "transfer_evaluate",
     "evaluate_predictions",
     "interval_coverage",
     "ScaleCalibrator",
@@ -161,7 +164,7 @@ def _ridge(seed: int, epochs: int, cv: int) -> Any:
     from sklearn.preprocessing import StandardScaler
 
     # Alpha chosen by efficient leave-one-out on the training rows only.
-    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25), gcv_mode="svd"))
 
 
 def _mlp(seed: int, epochs: int, cv: int) -> Any:
@@ -222,29 +225,29 @@ class PriorPrediction:
 
 def _moments_to_truncnorm(mean: np.ndarray, std: np.ndarray, mean_unc: np.ndarray,
                           std_unc: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Truncated-normal (mu, sigma) with the given moments, and delta-method uncertainties."""
+    """Truncated-normal (mu, sigma) with the given moments, and their uncertainties.
+
+    The uncertainties propagate ``mean_unc``/``std_unc`` through the moment -> parameter map by
+    secants over +-1 uncertainty (not derivatives): most MATH labels sit where the map saturates at
+    ``mu``'s upper bound, where a derivative is 0 and would claim a certain ``mu``.
+    """
     from .fits import truncnorm_from_moments
 
     def conv(m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = np.clip(m, 1e-3, 1 - 1e-3)
+        s = np.clip(s, 1e-3, np.sqrt(m * (1 - m)))
         mu, sig = truncnorm_from_moments(m, s)
         return np.asarray(mu, dtype=float), np.asarray(sig, dtype=float)
 
-    mu, sigma = conv(mean, std)
-    h = 1e-3
-    # Central differences of the map, clipped to the valid moment region.
-    m_hi, m_lo = np.clip(mean + h, 1e-4, 1 - 1e-4), np.clip(mean - h, 1e-4, 1 - 1e-4)
-    s_hi, s_lo = np.clip(std + h, 1e-4, 0.5), np.clip(std - h, 1e-4, 0.5)
-    mu_m1, sg_m1 = conv(m_hi, std)
-    mu_m0, sg_m0 = conv(m_lo, std)
-    mu_s1, sg_s1 = conv(mean, s_hi)
-    mu_s0, sg_s0 = conv(mean, s_lo)
-    dm = np.maximum(m_hi - m_lo, 1e-12)
-    ds = np.maximum(s_hi - s_lo, 1e-12)
-    J = np.stack([[(mu_m1 - mu_m0) / dm, (mu_s1 - mu_s0) / ds],
-                  [(sg_m1 - sg_m0) / dm, (sg_s1 - sg_s0) / ds]])  # (2, 2, n)
-    J = np.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0)
-    mu_unc = np.sqrt((J[0, 0] * mean_unc) ** 2 + (J[0, 1] * std_unc) ** 2)
-    sigma_unc = np.sqrt((J[1, 0] * mean_unc) ** 2 + (J[1, 1] * std_unc) ** 2)
+    n = len(mean)
+    # One batched conversion: centre, mean +- unc, std +- unc.
+    M = np.concatenate([mean, mean + mean_unc, mean - mean_unc, mean, mean])
+    S = np.concatenate([std, std, std, std + std_unc, std - std_unc])
+    mu_all, sg_all = conv(M, S)
+    mu_all, sg_all = mu_all.reshape(5, n), sg_all.reshape(5, n)
+    mu, sigma = mu_all[0], sg_all[0]
+    mu_unc = 0.5 * np.hypot(mu_all[1] - mu_all[2], mu_all[3] - mu_all[4])
+    sigma_unc = 0.5 * np.hypot(sg_all[1] - sg_all[2], sg_all[3] - sg_all[4])
     return mu, sigma, mu_unc, sigma_unc
 
 
@@ -272,6 +275,7 @@ class PriorPredictor:
     seed: int = 0
     epochs: int = 200
     cv_folds: int = 5
+    threads: int | None = 1  # BLAS/OpenMP threads while fitting (None = library default)
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -291,7 +295,13 @@ class PriorPredictor:
 
     # fit -----------------------------------------------------------------------------------
     def fit(self, items: Sequence[Problem | str], labels: Any, X: np.ndarray | None = None) -> "PriorPredictor":
-        """Fit the head and the uncertainty model. ``X``: precomputed features (optional)."""
+        """Fit the head and the uncertainty model. ``X``: precomputed ``(n, d)`` features (optional)."""
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(self.threads):
+            return self._fit(items, labels, X)
+
+    def _fit(self, items: Sequence[Problem | str], labels: Any, X: np.ndarray | None) -> "PriorPredictor":
         from sklearn.linear_model import RidgeCV
         from sklearn.model_selection import KFold
         from sklearn.pipeline import make_pipeline
@@ -310,7 +320,7 @@ class PriorPredictor:
         resid2 = (Y - oof) ** 2
         self.unc_models_, self.unc_scale_ = [], []
         for j in range(2):
-            m = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(0, 5, 11)))
+            m = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(0, 5, 11), gcv_mode="svd"))
             m.fit(X, np.log(resid2[:, j] + 1e-8))
             s2 = np.exp(m.predict(X))
             # Calibrate: out-of-fold z-scores get unit variance.
@@ -331,10 +341,13 @@ class PriorPredictor:
         """(moments, uncertainty), both ``(n, 2)`` over [mean, std]."""
         if not self._fitted:
             raise RuntimeError("predictor is not fitted; call fit() or load()")
+        from threadpoolctl import threadpool_limits
+
         X = self.features(items) if X is None else np.asarray(X, dtype=float)
-        mom = self.model_.predict(X)
-        unc = np.column_stack([self.unc_scale_[j] * np.sqrt(np.exp(self.unc_models_[j].predict(X)))
-                               for j in range(2)])
+        with threadpool_limits(self.threads):
+            mom = self.model_.predict(X)
+            unc = np.column_stack([self.unc_scale_[j] * np.sqrt(np.exp(self.unc_models_[j].predict(X)))
+                                   for j in range(2)])
         return mom, unc
 
     def predict(self, items: Sequence[Problem | str] | None = None, X: np.ndarray | None = None) -> PriorPrediction:
@@ -351,7 +364,7 @@ class PriorPredictor:
             pickle.dump(self, f)
         meta = {"kind": "features", "backbone": self.backbone, "head": self.head,
                 "use_metadata": self.use_metadata, "seed": self.seed, "epochs": self.epochs,
-                "cv_folds": self.cv_folds, "info": self.info,
+                "cv_folds": self.cv_folds, "threads": self.threads, "info": self.info,
                 "predicts": "sample mean/std of scores; (mu, sigma) via fits.truncnorm_from_moments"}
         (path / "predictor.json").write_text(json.dumps(meta, indent=2, default=str))
         return path
@@ -626,13 +639,38 @@ def load_predictor(path: str | Path) -> PriorPredictor | LMPriorPredictor:
 
 
 # -- splits and evaluation --------------------------------------------------------------------
-def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded disjoint (train, test) index arrays covering ``range(n)``, each sorted."""
+def split_indices(n: int, test_fraction: float, seed: int,
+                  groups: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded disjoint (train, test) index arrays covering ``range(n)``, each sorted.
+
+    ``groups`` (length ``n``, e.g. question-text hashes): rows of one group go to the same side,
+    so a question repeated in the data cannot sit in both train and test.
+    """
     if not 0 < test_fraction < 1:
         raise ValueError("test_fraction must be in (0, 1)")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(test_fraction * n))
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+    if groups is None:
+        perm = np.random.default_rng(seed).permutation(n)
+        n_test = int(round(test_fraction * n))
+        return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for n={n}")
+    _, gid = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    order = np.random.default_rng(seed).permutation(gid.max() + 1)
+    test_groups, count = set(), 0
+    sizes = np.bincount(gid)
+    for g in order:
+        if count >= test_fraction * n:
+            break
+        test_groups.add(int(g))
+        count += sizes[g]
+    is_test = np.isin(gid, list(test_groups))
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def question_groups(items: Sequence[Problem | str]) -> list[str]:
+    """Grouping key for :func:`split_indices`: the whitespace-normalised question text."""
+    texts, _ = _texts_metas(items)
+    return [" ".join(t.split()).lower() for t in texts]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -749,3 +787,40 @@ class ScaleCalibrator:
 
     def predict(self, pred_moments: np.ndarray) -> PriorPrediction:
         return _make_prediction(*self.transform(pred_moments))
+
+
+def pool_targets(pool: Any, scorer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(question_index ``(q,)``, per-question [mean, std] ``(q, 2)``) of one scorer in a pool.
+
+    Rows follow :meth:`optscale.pools.Pool.matrix` (questions sorted by ``question_index``).
+    """
+    col = f"score__{scorer}"
+    if col not in pool.df.columns:
+        raise KeyError(f"pool {pool.path}: no column {col!r}; scorers: {pool.scorers}")
+    n = pool.n_per_question
+    qidx = np.sort(pool.df.loc[pool.df["sample_index"] < n, "question_index"].unique())
+    return qidx.astype(int), pool_moments(pool.scores(scorer))
+
+
+def transfer_evaluate(pred_moments: np.ndarray, true_moments: np.ndarray, n_labeled: int, seed: int,
+                      reps: int = 200) -> tuple[pd.DataFrame, ScaleCalibrator | None]:
+    """Fit :class:`ScaleCalibrator` on ``n_labeled`` seeded questions, evaluate on the rest.
+
+    Returns a table (rows: ``raw`` prediction, ``calibrated`` prediction, ``constant`` = labeled
+    questions' mean; columns from :func:`evaluate_predictions`) and the calibrator. With fewer
+    than ``n_labeled + 3`` usable questions the table is empty and the calibrator None.
+    """
+    P, T = np.asarray(pred_moments, float), np.asarray(true_moments, float)
+    ok = np.flatnonzero(np.isfinite(T).all(axis=1))
+    if len(ok) < n_labeled + 3 or n_labeled < 2:
+        return pd.DataFrame(), None
+    perm = np.random.default_rng(seed).permutation(ok)
+    lab, rest = perm[:n_labeled], perm[n_labeled:]
+    cal = ScaleCalibrator().fit(P[lab], T[lab])
+    rows = []
+    for name, pred in (("raw", P[rest]), ("calibrated", cal.transform(P[rest])[0]),
+                       ("constant", np.tile(T[lab].mean(axis=0), (len(rest), 1)))):
+        ev = evaluate_predictions(pred, T[rest], reps=reps, seed=seed, names=TARGETS)
+        ev.insert(0, "predictor", name)
+        rows.append(ev)
+    return pd.concat(rows, ignore_index=True), cal

@@ -76,6 +76,7 @@ def test_helps_condition_and_neutral_line():
     assert mk.limit_accuracy(a, bn) == pytest.approx(p1)
     assert np.allclose(mk.accuracy_curve(p1, a, bn, 8), p1)
     assert mk.revision_helps(p1, a, bn + 0.05) and not mk.revision_helps(p1, a, bn - 0.05)
+    assert not mk.revision_helps(0.5, 0.9, 0.1)  # exactly neutral: limit 0.5 = p1
     # helps <=> limit > p1, on a grid
     for aa in np.linspace(0, 0.99, 12):
         for bb in np.linspace(0.01, 1, 12):
@@ -117,3 +118,10 @@ def test_chains_matrix_and_errors():
         mk.accuracy_after(1.2, 0.5, 0.5, 1)
     with pytest.raises(ValueError, match="placeholders"):
         mk.revision_prompt("no slots", "q", "p")
+
+
+def test_fit_with_unvisited_state_is_nan_not_error():
+    fit = mk.estimate_chain(np.array([[True, True], [True, False]]))
+    assert math.isnan(fit.b) and fit.b_ci == (0.0, 1.0)
+    d = fit.to_dict()
+    assert d["helps"] is None and math.isnan(d["limit"])

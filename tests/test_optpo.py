@@ -16,8 +16,9 @@ def test_posterior_closed_form():
     # against scipy's beta survival function
     assert optpo.consensus_posterior(5, 2, prior=0.5) == pytest.approx(stats.beta(5.5, 2.5).sf(0.5))
     assert optpo.consensus_posterior(3, 3) == pytest.approx(0.5)
+    assert optpo.consensus_posterior(1, 2) < 0.5  # leader vs all others can be behind
     with pytest.raises(ValueError):
-        optpo.consensus_posterior(1, 2)
+        optpo.consensus_posterior(-1, 2)
 
 
 def test_unanimous_stream_stops_at_fourth_sample():
@@ -47,6 +48,17 @@ def test_equivalent_answers_pool_their_votes_and_none_abstains():
     r = optpo.sequential_vote(stream, threshold=0.9)
     assert r.stopped and r.n_used == 4  # (3 votes, 0 against) -> .9375 at the 4th sample
     assert optpo.sequential_vote([None, None], 0.9).consensus is None
+
+
+def test_against_rest_counts_every_other_rollout():
+    # 5,7,5,5,5,5,5: vs runner-up stops at 7 (see above); vs rest the same here (one dissent) ...
+    stream = ["5", "7", "5", "5", "5", "5", "5", "5"]
+    assert optpo.sequential_vote(stream, 0.95, against="rest").n_used == 7
+    # ... but a third answer also counts against the leader
+    stream = ["5", "7", "9", "5", "5", "5", "5", "5", "5", "5"]
+    assert optpo.sequential_vote(stream, 0.95, against="runner-up").n_used == 8  # (6 vs 1): .9648
+    r = optpo.sequential_vote(stream, 0.95, against="rest")  # (7 vs 2): .9453 < .95, (8 vs 2): .9673
+    assert r.n_used == 10 and r.posterior[-2:] == pytest.approx([stats.beta(8, 3).sf(0.5), stats.beta(9, 3).sf(0.5)])
 
 
 def test_min_and_max_samples():
@@ -130,3 +142,26 @@ def test_update_skips_when_no_signal():
     ro = [optpo.Rollout("q", "p", "a", "1", 1.0, True, 1)] * 3
     _, log = optpo.test_time_update(model, tok, ro, steps=1, method="bias", baseline="group-mean")
     assert log["trained_on"] == 0 and log["loss"] == []
+
+
+def test_vectorised_replay_matches_the_sequential_loop():
+    rng = np.random.default_rng(4)
+    q, n = 12, 10
+    labels = np.empty((q, n), dtype=int)
+    correct = np.zeros((q, n), dtype=bool)
+    for i in range(q):
+        raw = rng.choice([-1, 0, 1, 2], size=n, p=[0.1, 0.5, 0.3, 0.1])
+        first = {}
+        labels[i] = [-1 if r < 0 else first.setdefault(r, k) for k, r in enumerate(raw)]
+        correct[i] = raw == 0
+    orders = replay_orders(q, n, 6, seed=1)
+    for th, against in ((0.8, "runner-up"), (0.95, "runner-up"), (0.8, "rest")):
+        out = optpo.replay_sequential_vote(labels, correct, orders, th, budget=8, against=against)
+        for o in range(6):
+            for i in range(q):
+                lab = labels[i, orders[o, i, :8]].tolist()
+                v = optpo.sequential_vote([None] * 8, th, labels=lab, against=against)
+                assert out["n_used"][o, i] == v.n_used
+                assert out["sprt_correct"][o, i] == (v.consensus_label >= 0 and correct[i, v.consensus_label])
+                maj = optpo.majority_label(lab)
+                assert out["fixed_correct"][o, i] == (maj >= 0 and correct[i, maj])

@@ -15,6 +15,7 @@ SAMPLERS.register("hf-cpu", "optscale.samplers.hf_cpu:HFSampler")
 SAMPLERS.register("fake", "optscale.samplers.fake:FakeSampler")
 SAMPLERS.register("vllm", "optscale.samplers.vllm:VLLMSampler")
 SAMPLERS.register("openai", "optscale.samplers.openai_compat:OpenAICompatSampler")
+SAMPLERS.register("llama-cpp", "optscale.samplers.llama_cpp:LlamaCppSampler")
 
 
 def get_sampler(name: str, config: "SamplingConfig", **kwargs) -> Sampler:

@@ -383,6 +383,7 @@ class OpenAICompatSampler(Sampler):
         for it in items:
             queue.put_nowait(it)
         outstanding = len(items)
+        closing = False  # set when the call ends and the workers are cancelled
         done: asyncio.Future = loop.create_future()
 
         def resolve_one() -> None:
@@ -417,7 +418,7 @@ class OpenAICompatSampler(Sampler):
                 try:
                     comp = await task
                 except asyncio.CancelledError:
-                    if asyncio.current_task().cancelling():  # the worker itself is being shut down
+                    if closing:  # the worker itself is being shut down
                         task.cancel()
                         raise
                     resolve_one()  # this request was cancelled by a policy
@@ -470,6 +471,7 @@ class OpenAICompatSampler(Sampler):
         try:
             await done
         finally:
+            closing = True
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

@@ -1,0 +1,186 @@
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from optscale.bounds import n_star
+from optscale.fits import (
+    FITS,
+    FitError,
+    fit_family,
+    fit_truncnorm,
+    goodness_of_fit,
+    ks_statistic,
+    truncnorm_cdf,
+    truncnorm_from_moments,
+    truncnorm_logpdf,
+    truncnorm_moments,
+    truncnorm_ppf,
+)
+
+
+def _sample(mu, sigma, k, seed=0):
+    mu, sigma = np.atleast_1d(mu)[:, None], np.atleast_1d(sigma)[:, None]
+    rng = np.random.default_rng(seed)
+    return stats.truncnorm.rvs(-mu / sigma, (1 - mu) / sigma, loc=mu, scale=sigma,
+                               size=(mu.shape[0], k), random_state=rng)
+
+
+def _scipy_fit(x):
+    def nll(p):
+        return -stats.truncnorm.logpdf(x, -p[0] / p[1], (1 - p[0]) / p[1], loc=p[0], scale=p[1]).sum()
+
+    o = optimize.minimize(nll, [x.mean(), max(x.std(), 1e-3)], method="L-BFGS-B", bounds=[(-1, 2), (1e-3, 2)])
+    return o.x, -o.fun
+
+
+def test_distribution_functions_match_scipy():
+    mu, sigma = np.array([0.3, 0.9, 1.5, -0.2]), np.array([0.1, 0.05, 0.4, 0.3])
+    x = np.array([0.2, 0.95, 0.7, 0.1])
+    a, b = -mu / sigma, (1 - mu) / sigma
+    assert np.allclose(truncnorm_cdf(x, mu, sigma), stats.truncnorm.cdf(x, a, b, loc=mu, scale=sigma))
+    assert np.allclose(truncnorm_ppf(truncnorm_cdf(x, mu, sigma), mu, sigma), x)
+    m, s = truncnorm_moments(mu, sigma)
+    sm, sv = stats.truncnorm.stats(a, b, loc=mu, scale=sigma, moments="mv")
+    assert np.allclose(m, sm, atol=1e-12) and np.allclose(s, np.sqrt(sv), atol=1e-12)
+    # far tails (the reference's diverged fits) stay finite
+    m, s = truncnorm_moments(139.265, 4.034)
+    assert 0.8 < m < 0.95 and 0.05 < s < 0.2
+
+
+def test_loglik_matches_scipy_sum():
+    x = _sample([0.6, 0.95], [0.15, 0.03], 12)
+    r = fit_truncnorm(x)
+    ll = truncnorm_logpdf(x, r.mu[:, None], r.sigma[:, None]).sum(1)
+    assert np.allclose(r.loglik, ll, rtol=1e-10)
+
+
+def test_recovers_known_parameters():
+    rng = np.random.default_rng(1)
+    mu, sigma = rng.uniform(0.2, 0.8, 300), rng.uniform(0.05, 0.2, 300)
+    r = fit_truncnorm(_sample(mu, sigma, 400, seed=2))
+    assert r.converged.all()
+    assert np.median(np.abs(r.mu - mu)) < 0.01 and np.median(np.abs(r.sigma - sigma)) < 0.006
+    assert abs(np.mean(r.mu - mu)) < 0.005  # no systematic bias
+
+
+def test_mle_matches_per_question_scipy():
+    rng = np.random.default_rng(3)
+    x = _sample(rng.uniform(0.1, 1.0, 8), rng.uniform(0.02, 0.3, 8), 10, seed=4)
+    r = fit_truncnorm(x)
+    for i in range(8):
+        _, ll = _scipy_fit(x[i])
+        assert r.loglik[i] >= ll - 1e-6 * abs(ll)
+
+
+def test_scores_piled_near_one_do_not_diverge():
+    x = np.clip(1 - np.abs(np.random.default_rng(5).normal(0, 0.03, (20, 16))), 0, 1)
+    r = fit_truncnorm(x)
+    assert r.converged.all() and (r.mu <= 2.0).all() and (r.sigma <= 2.0).all()
+    N, ok = n_star(r.mu, r.sigma, 0.97, 0.1)
+    assert np.isfinite(N).all() and (N >= 1).all()
+    # bounds are honoured when narrowed
+    r2 = fit_truncnorm(x, mu_bounds=(0, 1.0))
+    assert (r2.mu <= 1.0).all() and r2.at_bound.any() and (r2.loglik <= r.loglik + 1e-9).all()
+
+
+def test_map_prior_effect():
+    truth_mu, truth_sigma = 0.7, 0.1
+    x = _sample(np.full(400, truth_mu), np.full(400, truth_sigma), 3, seed=6)
+    mle = fit_truncnorm(x)
+    zero = fit_truncnorm(x, prior=(0.7, 0.1), prior_strength=0.0)
+    assert np.allclose(zero.mu, mle.mu, atol=1e-6) and np.allclose(zero.sigma, mle.sigma, atol=1e-6)
+    weak = fit_truncnorm(x, prior=(truth_mu, truth_sigma), prior_strength=1.0)
+    strong = fit_truncnorm(x, prior=(truth_mu, truth_sigma), prior_strength=1e4)
+    # a correct prior reduces the error of mu and sigma from 3 scores
+    assert np.mean(np.abs(weak.mu - truth_mu)) < np.mean(np.abs(mle.mu - truth_mu))
+    assert np.mean(np.abs(weak.sigma - truth_sigma)) < np.mean(np.abs(mle.sigma - truth_sigma))
+    # a very strong prior pins the estimate to the prior mean
+    assert np.allclose(strong.mu, truth_mu, atol=5e-3) and np.allclose(strong.sigma, truth_sigma, atol=5e-3)
+    assert (weak.logpost <= weak.loglik + 1e-12).all() and (weak.loglik <= mle.loglik + 1e-9).all()
+    # per-question priors broadcast and pull in their own direction
+    r = fit_truncnorm(x[:2], prior=(np.array([0.2, 0.95]), np.array([0.1, 0.1])), prior_strength=50)
+    assert r.mu[0] < mle.mu[0] and r.mu[1] > mle.mu[1]
+
+
+def test_degenerate_identical_and_single_scores():
+    for x in ([0.5, 0.5, 0.5], [0.42]):
+        r = fit_truncnorm(np.array(x))
+        assert bool(r.degenerate) and bool(r.converged) and np.isclose(r.mu, x[0])
+        assert np.isclose(r.sigma, 1e-3)
+        N, ok = n_star(r.mu, r.sigma, np.array([0.3, 0.6]), 0.1, max_N=32)
+        assert N.tolist() == [1, 32] and ok.tolist() == [True, False]
+    # exactly 0 and 1 are valid scores
+    r = fit_truncnorm(np.array([1.0, 1.0, 1.0]))
+    assert np.isfinite(r.loglik) and r.mu <= 2.0
+
+
+def test_bad_inputs():
+    with pytest.raises(FitError, match=r"question 1, position 2\] is NaN"):
+        fit_truncnorm(np.array([[0.1, 0.2, 0.3], [0.1, 0.2, np.nan]]))
+    with pytest.raises(FitError, match="outside"):
+        fit_truncnorm(np.array([0.1, 1.2]))
+    with pytest.raises(FitError, match="no usable score"):
+        fit_truncnorm(np.array([[0.1, 0.2], [0.3, 0.4]]), mask=np.array([[True, True], [False, False]]))
+    with pytest.raises(FitError, match="shape"):
+        fit_truncnorm(np.zeros((2, 2, 2)))
+    for fam in FITS:
+        with pytest.raises(FitError):
+            fit_family(fam, np.array([[0.2, np.nan]]))
+
+
+def test_nan_skipped_with_mask_and_map_without_scores():
+    x = np.array([[0.1, 0.2, 0.3, np.nan], [0.5, 0.6, 0.7, 0.8]])
+    r = fit_truncnorm(x, mask=~np.isnan(x))
+    r0 = fit_truncnorm(x[0, :3])
+    assert np.isclose(r.mu[0], r0.mu) and r.n.tolist() == [3, 4]
+    m = np.array([[False] * 4, [True] * 4])
+    r = fit_truncnorm(np.nan_to_num(x), mask=m, prior=(0.4, 0.15))
+    assert np.isclose(r.mu[0], 0.4) and np.isclose(r.sigma[0], 0.15) and r.degenerate[0]
+
+
+def test_moments_roundtrip_and_infeasible():
+    mu, sigma = np.array([[0.2, 0.5], [0.9, 1.3]]), np.array([[0.1, 0.3], [0.05, 0.5]])
+    m, s = truncnorm_moments(mu, sigma)
+    mu2, s2 = truncnorm_from_moments(m, s)
+    assert mu2.shape == (2, 2) and np.allclose(mu2, mu, atol=1e-5) and np.allclose(s2, sigma, atol=1e-5)
+    # std above the uniform's (0.289): the bounded best match, not NaN
+    mu3, s3 = truncnorm_from_moments(0.5, 0.4)
+    assert np.isfinite(mu3) and np.isclose(s3, 2.0)
+    with pytest.raises(FitError):
+        truncnorm_from_moments(1.5, 0.1)
+
+
+def test_other_families_recover_their_parameters():
+    rng = np.random.default_rng(7)
+    x = rng.beta(2.0, 5.0, size=(50, 300))
+    r = fit_family("beta", x)
+    assert abs(np.median(r.a) - 2.0) < 0.2 and abs(np.median(r.b) - 5.0) < 0.5
+    y = 1 / (1 + np.exp(-rng.normal(0.5, 0.7, size=(50, 300))))
+    r = fit_family("logit-normal", y)
+    assert abs(np.median(r.m) - 0.5) < 0.05 and abs(np.median(r.s) - 0.7) < 0.05
+    # on beta data, beta beats truncnorm on AIC; on truncnorm data truncnorm beats beta
+    assert np.mean(fit_family("beta", x).aic < fit_family("truncnorm", x).aic) > 0.8
+    z = _sample(np.full(50, 0.95), np.full(50, 0.1), 300)  # density > 0 at 1: not a beta shape
+    assert np.mean(fit_family("truncnorm", z).aic < fit_family("beta", z).aic) > 0.8
+
+
+def test_ks_matches_scipy_and_families_share_interface():
+    x = _sample([0.4, 0.8], [0.1, 0.05], 30, seed=8)
+    for fam in FITS:
+        r = fit_family(fam, x)
+        g = goodness_of_fit(r, x)
+        assert g["ks"].shape == (2,) and np.isfinite(g["ks"]).all() and (g["ks"] < 0.35).all()
+        F = r.cdf_rows(np.sort(x, axis=1))
+        assert (np.diff(F, axis=1) >= -1e-12).all() and ((F >= 0) & (F <= 1)).all()
+        q = r.ppf(np.full(2, 0.5))  # per-question medians
+        assert q.shape == (2,) and np.allclose(r.cdf(q), 0.5, atol=1e-6)
+    r = fit_truncnorm(x)
+    for i in range(2):
+        ref = stats.kstest(x[i], lambda z: truncnorm_cdf(z, r.mu[i], r.sigma[i])).statistic
+        assert np.isclose(ks_statistic(x, r.cdf_rows)[i], ref)
+
+
+def test_seeded_and_deterministic():
+    x = _sample([0.3, 0.7], [0.1, 0.2], 8, seed=9)
+    a, b = fit_truncnorm(x), fit_truncnorm(x.copy())
+    assert np.array_equal(a.mu, b.mu) and np.array_equal(a.sigma, b.sigma)

@@ -157,10 +157,15 @@ class PredictorConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    policies: tuple[str, ...] = ()  # empty = all registered
-    max_N: int = 16
-    calibration_fraction: float = 0.5
+    policies: tuple[str, ...] = ()  # empty = every policy of optscale.evaluation.DEFAULT_POLICIES
+    max_N: int = 16  # sample budget per question (capped at the pool's n)
+    calibration_fraction: float = 0.5  # questions used for tuning; the rest are reported
     split_seed: int = 0
+    orders: int = 50  # seeded random sample orders per test question (replay)
+    tune_orders: int = 10  # orders per calibration question during the grid search
+    tolerance: float = 0.01  # tuning: accuracy within this of BoN/majority@max_N, then fewest tokens
+    margin: float = 0.02  # "matches BoN": paired CI of the accuracy difference inside +-margin
+    deepconf_window: int = 32  # tokens per DeepConf confidence group
     bootstrap_reps: int = 2000
     ci_level: float = 0.95
     seed: int = 0

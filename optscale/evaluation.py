@@ -58,6 +58,11 @@ __all__ = [
     "savings_table",
     "paper_comparison",
     "load_reported_table",
+    "load_pool_arrays",
+    "evaluate_config",
+    "curve_table",
+    "run_evaluation",
+    "load_prior_table",
 ]
 
 
@@ -265,6 +270,29 @@ def warm_fit_cache(policy: Policy, data: PoolArrays, orders: np.ndarray, max_N: 
             for r, (q, key, _, _) in enumerate(part):
                 caches[q][key] = _Fit((float(fit.mu[r]), float(fit.sigma[r])))
             total += len(part)
+    # N* for this policy's (target, delta) of every prefix, in one vectorized bound call
+    if hasattr(policy, "target") and hasattr(policy, "delta"):
+        from .bounds import n_star
+
+        pending = []  # (question, n_star key, fit key, n)
+        for q in range(data.n_questions):
+            qprior = policy.prior_for(tuple(data.prior[q]) if data.prior is not None else None)
+            seen = set()
+            for o in range(orders.shape[0]):
+                for n in ns:
+                    fk = fit_key(qprior, strength, orders[o, q, :n])
+                    nk = ("n_star", fk, policy.target, policy.delta, max_N)
+                    if nk not in caches[q] and nk not in seen:
+                        seen.add(nk)
+                        pending.append((q, nk, fk, n))
+        if pending:
+            mu = np.array([caches[q][fk].mu for q, _, fk, _ in pending])
+            sg = np.array([caches[q][fk].sigma for q, _, fk, _ in pending])
+            N, ok = n_star(mu, sg, policy.target, policy.delta, max_N, 1)
+            # clip(N, n_min, max_N) == max(clip(N, 1, max_N), n_min) for n_min <= max_N
+            N = np.maximum(N, [n for *_, n in pending])
+            for (q, nk, _, _), Nj, okj in zip(pending, N, ok):
+                caches[q][nk] = (int(Nj), bool(okj))
     return total
 
 
@@ -684,3 +712,106 @@ def paper_comparison(summaries: pd.DataFrame, reported: pd.DataFrame, pool_label
             "ours_source": f"reproduced on {pool_label}",
         })
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config-driven entry point (notebooks 05 / 06)
+# ---------------------------------------------------------------------------------------------
+def load_pool_arrays(config: Any, dataset: str, cache_dir: str | Path | None = None,
+                     prior: np.ndarray | None = None, prior_source: str = "none") -> PoolArrays | None:
+    """The configured pool of ``dataset`` as :class:`PoolArrays` (scorer ``scoring.primary``,
+    ``evaluation.max_N``), or None with a printed note when the pool does not exist yet."""
+    from .pools import pool_path, read_pool
+
+    path = pool_path(config, dataset)
+    if not path.is_file():
+        print(f"note: {dataset}: no pool at {path}; skipped")
+        return None
+    pool = read_pool(path, allow_partial_scores=True)
+    scorer = config.scoring.primary
+    if f"score__{scorer}" not in pool.df.columns:
+        print(f"note: {dataset}: pool has no {scorer!r} scores yet; skipped")
+        return None
+    data = pool_arrays(pool, scorer, config.evaluation.max_N, cache_dir, config.evaluation.deepconf_window,
+                       prior, prior_source)
+    if data.n_questions < 2:
+        print(f"note: {dataset}: only {data.n_questions} fully scored question(s); skipped")
+        return None
+    return data
+
+
+def evaluate_config(data: PoolArrays, config: Any, protocol: str = "calibrated", verbose: bool = True) -> Evaluation:
+    """:func:`evaluate` with every setting taken from ``config.evaluation`` / ``config.pools``."""
+    e = config.evaluation
+    return evaluate(data, policies=e.policies or None, max_N=e.max_N, calibration_fraction=e.calibration_fraction,
+                    split_seed=e.split_seed, orders=e.orders, tune_orders=e.tune_orders,
+                    order_seed=config.pools.replay_seed, bootstrap_reps=e.bootstrap_reps, ci_level=e.ci_level,
+                    seed=e.seed, tolerance=e.tolerance, margin=e.margin, protocol=protocol, verbose=verbose)
+
+
+def curve_table(ev: Evaluation, reps: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """BoN and oracle curves (N = 1..max_N) with bootstrap CIs: columns curve, N, accuracy(_lo/_hi),
+    tokens(_lo/_hi)."""
+    rows = []
+    for name, c in ev.curves.items():
+        acc_p, acc_ci = interval_estimates({int(N): c["correct"][i] for i, N in enumerate(c["N"])}, seed, reps, level)
+        tok_p, tok_ci = interval_estimates({int(N): c["tokens"][i] for i, N in enumerate(c["N"])}, seed, reps, level)
+        for N in acc_p:
+            rows.append({"dataset": ev.data.dataset, "curve": name, "N": N, "accuracy": acc_p[N],
+                         "accuracy_lo": acc_ci[N][0], "accuracy_hi": acc_ci[N][1], "tokens": tok_p[N],
+                         "tokens_lo": tok_ci[N][0], "tokens_hi": tok_ci[N][1]})
+    return pd.DataFrame(rows)
+
+
+def load_prior_table(run_dir: str | Path, dataset: str, question_ids: Sequence[str]) -> tuple[np.ndarray | None, str]:
+    """Predictor output for ``dataset`` if notebook 03/04 left one at
+    ``<run_dir>/tables/predictor_prior_<dataset>.csv`` (columns question_id, mu, sigma[,
+    uncertainty]); returns (questions x 2|3 array aligned with ``question_ids``, source) or
+    (None, "population prior (calibration split)")."""
+    path = Path(run_dir) / "tables" / f"predictor_prior_{dataset}.csv"
+    if not path.is_file():
+        return None, "population prior (calibration split)"
+    t = pd.read_csv(path)
+    missing = {"question_id", "mu", "sigma"} - set(t.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    cols = ["mu", "sigma"] + (["uncertainty"] if "uncertainty" in t.columns else [])
+    t = t.set_index(t["question_id"].astype(str))
+    absent = [q for q in question_ids if str(q) not in t.index]
+    if absent:
+        raise ValueError(f"{path}: no prior for question(s) {absent[:5]}")
+    return t.loc[[str(q) for q in question_ids], cols].to_numpy(float), f"predictor ({path.name})"
+
+
+def run_evaluation(config: Any, run_dir: str | Path, verbose: bool = True) -> dict[str, pd.DataFrame]:
+    """Notebook 05: every configured benchmark whose pool exists, both protocols. Writes the
+    tables under ``<run_dir>/tables`` (evaluation_*.csv, per-question logs as
+    evaluation_logs.csv) and returns them."""
+    from .provenance import save_table
+
+    run_dir = Path(run_dir)
+    out: dict[str, list[pd.DataFrame]] = {k: [] for k in ("summary", "summary_test_tuned", "savings", "logs",
+                                                          "curves", "tuning", "notes")}
+    for ds in config.data.benchmarks:
+        data = load_pool_arrays(config, ds, run_dir / "cache")
+        if data is None:
+            continue
+        prior, source = load_prior_table(run_dir, ds, list(data.question_ids))
+        data = data.with_prior(prior, source)
+        if verbose:
+            print(f"{ds}: {data.description}; prior: {source}")
+        ev = evaluate_config(data, config, verbose=verbose)
+        tt = evaluate_config(data, config, protocol="test-tuned", verbose=False)
+        for k, df in (("summary", ev.summary), ("summary_test_tuned", tt.summary), ("savings", ev.savings),
+                      ("logs", ev.logs), ("curves", curve_table(ev, config.evaluation.bootstrap_reps,
+                                                                  config.evaluation.ci_level, config.evaluation.seed)),
+                      ("tuning", ev.tuning)):
+            df = df.copy()
+            df["pool"] = data.description
+            df["prior_source"] = source
+            out[k].append(df)
+        out["notes"].append(pd.DataFrame({"dataset": ds, "note": ev.notes}))
+    tables = {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}
+    for k, df in tables.items():
+        save_table(df, run_dir, f"evaluation_{k}")
+    return tables

@@ -126,23 +126,21 @@ def _beta_sf_half(a: float, b: float) -> float:
     return float(special.betainc(b, a, 0.5))
 
 
-def vote(classes: Sequence[int], weights: Sequence[float] | None = None) -> tuple[int | None, np.ndarray, np.ndarray]:
+def vote(classes: Sequence[int], weights: Sequence[float] | None = None) -> tuple[int | None, list[int], list[float]]:
     """Plurality vote over answer classes (-1 ignored). Returns (position of the first sample of
     the winning class or None, class labels sorted by decreasing weight, their weights). Ties go
-    to the class seen first."""
-    cls = np.asarray(classes)
-    w = np.ones(len(cls)) if weights is None else np.asarray(weights, dtype=float)
-    ok = cls >= 0
-    if not ok.any():
-        return None, np.empty(0, int), np.empty(0)
-    labels, first = np.unique(cls[ok], return_index=True)
-    totals = np.array([w[ok][cls[ok] == lab].sum() for lab in labels])
-    # order by weight desc, then first appearance asc
-    order = np.lexsort((first, -totals))
-    labels, totals = labels[order], totals[order]
-    winner = labels[0]
-    pos = int(np.flatnonzero(cls == winner)[0])
-    return pos, labels, totals
+    to the class seen first. Plain Python: it runs once per observed sample in replay."""
+    totals: dict[int, float] = {}
+    first: dict[int, int] = {}
+    for i, c in enumerate(classes):
+        if c < 0:
+            continue
+        totals[c] = totals.get(c, 0.0) + (1.0 if weights is None else float(weights[i]))
+        first.setdefault(c, i)
+    if not totals:
+        return None, [], []
+    labels = sorted(totals, key=lambda c: (-totals[c], first[c]))
+    return first[labels[0]], labels, [totals[c] for c in labels]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,11 +222,10 @@ class Policy(ABC):
     def _top_counts(self) -> tuple[float, float, float]:
         """(leader count, runner-up count, all other non-leader answered votes)."""
         _, _, totals = vote([s.answer_class for s in self.seen])
-        if totals.size == 0:
+        if not totals:
             return 0.0, 0.0, 0.0
-        v1 = totals[0]
-        v2 = totals[1] if totals.size > 1 else 0.0
-        return float(v1), float(v2), float(totals[1:].sum())
+        v2 = totals[1] if len(totals) > 1 else 0.0
+        return float(totals[0]), float(v2), float(sum(totals[1:]))
 
 
 def make_policy(name: str, **params: Any) -> Policy:
@@ -458,9 +455,9 @@ class DeepConf(Policy):
             return False
         cls = [s.answer_class if k else -1 for s, k in zip(self.seen, self.kept)]
         _, _, totals = vote(cls, self.conf)
-        if totals.size == 0 or totals.sum() <= 0:
+        if not totals or sum(totals) <= 0:
             return False
-        return totals[0] / totals.sum() >= self.tau
+        return totals[0] / sum(totals) >= self.tau
 
     def select(self):
         cls = [s.answer_class if k else -1 for s, k in zip(self.seen, self.kept)]
@@ -531,9 +528,15 @@ class _OptScaleBase(Policy):
     def _n_star(self) -> tuple[int, bool]:
         from .bounds import n_star
 
-        fit = _fit(self.ctx, self.seen, self._prior(), self.prior_strength)
-        N, ok = n_star(float(fit.mu), float(fit.sigma), self.target, self.delta, self.ctx.max_N, len(self.seen))
-        return int(N), bool(ok)
+        prior = self._prior()
+        fkey = fit_key(prior, self.prior_strength, (s.index for s in self.seen))
+        nkey = ("n_star", fkey, self.target, self.delta, self.ctx.max_N)
+        hit = self.ctx.cache.get(nkey)
+        if hit is None:
+            fit = _fit(self.ctx, self.seen, prior, self.prior_strength)
+            N, ok = n_star(float(fit.mu), float(fit.sigma), self.target, self.delta, self.ctx.max_N, len(self.seen))
+            hit = self.ctx.cache[nkey] = (int(N), bool(ok))
+        return hit
 
     def select(self):
         return self._argmax_score()
@@ -583,6 +586,8 @@ class OptScaleSequential(_OptScaleBase):
             return None
         p = question_prior if question_prior is not None else self.population_prior
         return None if p is None else tuple(float(x) for x in p[:3])
+
+    grid = {"target": [0.6, 0.7, 0.8, 0.9], "delta": [0.05, 0.1, 0.2, 0.4]}
 
     def fit_prefixes(self, max_N):
         return list(range(self.k, max_N + 1))

@@ -168,18 +168,15 @@ def _ridge(seed: int, epochs: int, cv: int) -> Any:
 
 
 def _mlp(seed: int, epochs: int, cv: int) -> Any:
-    from sklearn.model_selection import GridSearchCV, KFold
     from sklearn.neural_network import MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    mlp = MLPRegressor(hidden_layer_sizes=(128,), learning_rate_init=1e-3, max_iter=max(epochs, 5),
-                       early_stopping=True, validation_fraction=0.15, n_iter_no_change=15,
+    # One hidden layer, strong weight decay, early stopping on 15% of the training rows.
+    mlp = MLPRegressor(hidden_layer_sizes=(128,), alpha=10.0, learning_rate_init=1e-3, max_iter=max(epochs, 5),
+                       early_stopping=True, validation_fraction=0.15, n_iter_no_change=10,
                        batch_size=128, random_state=seed)
-    pipe = make_pipeline(StandardScaler(), mlp)
-    grid = {"mlpregressor__alpha": [1.0, 10.0, 30.0]}
-    return GridSearchCV(pipe, grid, cv=KFold(cv, shuffle=True, random_state=seed),
-                        scoring="neg_mean_squared_error", n_jobs=1)
+    return make_pipeline(StandardScaler(), mlp)
 
 
 def _ridge_mlp(seed: int, epochs: int, cv: int) -> Any:
@@ -482,7 +479,7 @@ class LMPriorPredictor:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         if n_val:
             pv = self._raw_predict([texts[i] for i in val])
             self.unc_ = np.sqrt(np.mean((pv - Y[val]) ** 2, axis=0))

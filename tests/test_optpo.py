@@ -165,3 +165,13 @@ def test_vectorised_replay_matches_the_sequential_loop():
                 assert out["sprt_correct"][o, i] == (v.consensus_label >= 0 and correct[i, v.consensus_label])
                 maj = optpo.majority_label(lab)
                 assert out["fixed_correct"][o, i] == (maj >= 0 and correct[i, maj])
+
+
+def test_systems_config_validation():
+    from optscale.config import ConfigError, load_config
+
+    assert load_config("smoke").systems.optpo_threshold == 0.95
+    with pytest.raises(ConfigError, match="optpo_threshold"):
+        load_config("smoke", "systems.optpo_threshold=0.3")
+    with pytest.raises(ConfigError, match="pf_resampler"):
+        load_config("smoke", "systems.pf_resampler=stratified")

@@ -251,7 +251,7 @@ def test_lm_backbone_tiny_qwen2_fit_predict_save_load(tmp_path):
                          batch_size=8, max_length=64, device="cpu")
     m.fit(probs[:20], Y[:20])
     # Only the last layer, the final norm and the heads train.
-    trainable = {n.split(".")[2] for n, p in m._net.base.named_parameters() if p.requires_grad and n.startswith("layers.")}
+    trainable = {n.split(".")[1] for n, p in m._net.base.named_parameters() if p.requires_grad and n.startswith("layers.")}
     assert trainable == {"2"}
     assert not m._net.base.embed_tokens.weight.requires_grad
     pred = m.predict(probs[20:])

@@ -1,61 +1,50 @@
-"""A deterministic stand-in sampler for tests and pipeline checks (no model).
+"""A deterministic sampler for tests and benchmarks (no model).
 
-Each sample's text, answer, length and log-probs are a pure function of the request seed and
-the sample index: the same request always gives the same completions, and a request's samples
-do not depend on which other requests are in the batch. ``answers`` and ``p_correct`` let a
-test control how often the boxed answer is a given value. ``delay_s`` slows it down, so a test
-can kill a run part-way.
+Sample ``i`` of a request is drawn from ``derive_seed(request.seed, i)``: the same request always
+gives the same completions. Each question (``request.key`` or prompt) gets a fixed chance of a
+correct answer; the text ends in ``\\boxed{...}`` with ``42`` for a "correct" sample (the fake gold)
+and a wrong number otherwise; token counts, log-probs and token confidences are drawn so that
+correct samples look more confident.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import SamplingConfig
 from .base import Completion, SampleRequest, Sampler, derive_seed
 
-__all__ = ["FakeSampler"]
+__all__ = ["FakeSampler", "FAKE_GOLD"]
+
+FAKE_GOLD = "42"
 
 
 class FakeSampler(Sampler):
     name = "fake"
 
-    def __init__(self, config: SamplingConfig, answers: Sequence[str] = ("1", "2", "3"),
-                 weights: Sequence[float] | None = None, delay_s: float = 0.0):
+    def __init__(self, config: Any = None, p_correct: float | None = None, max_tokens: int = 200):
         self.config = config
-        self.answers = list(answers)
-        w = np.asarray(weights if weights is not None else np.ones(len(self.answers)), dtype=float)
-        self.weights = w / w.sum()
-        self.delay_s = delay_s
-        self.calls = 0
+        self.p_correct = p_correct
+        self.max_tokens = max_tokens
+        self.calls: list[SampleRequest] = []  # every request served (tests count them)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": "fake", "temperature": self.config.temperature,
-                "top_p": self.config.top_p, "answers": self.answers}
-
-    def format_prompt(self, question: str) -> str:
-        return question
-
-    def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
-        self.calls += 1
-        return [[self._one(r, i) for i in range(r.n)] for r in requests]
+        return {"backend": self.name, "model": "fake", "p_correct": self.p_correct}
 
     def _one(self, req: SampleRequest, i: int) -> Completion:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        seed = derive_seed(req.seed, "sample", i)
+        seed = derive_seed(req.seed, i)
         rng = np.random.default_rng(seed)
-        ans = self.answers[int(rng.choice(len(self.answers), p=self.weights))]
-        n_steps = int(rng.integers(1, 4))
-        steps = [f"Step {k + 1}: reasoning {int(rng.integers(0, 1000))}." for k in range(n_steps)]
-        text = req.prefix + "\n\n".join(steps + [f"The answer is \\boxed{{{ans}}}."])
-        n_tok = min(req.max_new_tokens, 8 * (n_steps + 1))
-        finish = "stop" if n_tok < req.max_new_tokens else "length"
-        lp = (-rng.exponential(0.3, n_tok)).tolist()
-        conf = (np.asarray(lp) - rng.exponential(0.5, n_tok)).tolist()
-        ends = np.linspace(len(text) / n_tok, len(text), n_tok).round().astype(int).tolist()
-        return Completion(text=text, n_tokens=n_tok, finish_reason=finish, seed=seed,
-                          token_logprobs=lp, token_confidence=conf, token_char_ends=ends)
+        p = self.p_correct if self.p_correct is not None else derive_seed(req.key or req.prompt) / 2**31
+        ok = rng.random() < p
+        ans = FAKE_GOLD if ok else str(int(rng.integers(0, 40)))
+        n = int(rng.integers(8, min(self.max_tokens, req.max_new_tokens) + 1))
+        lp = rng.normal(-0.15 if ok else -0.5, 0.1, n).clip(max=0.0)
+        conf = rng.normal(-2.5 if ok else -1.8, 0.3, n)
+        text = f"Step 1: think.\n\nStep 2: so the answer is \\boxed{{{ans}}}."
+        return Completion(text=text, n_tokens=n, finish_reason="stop", seed=seed,
+                          token_logprobs=lp.tolist(), token_confidence=conf.tolist())
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+        self.calls.extend(requests)
+        return [[self._one(r, i) for i in range(r.n)] for r in requests]

@@ -1,0 +1,166 @@
+"""Replay, curves, bootstrap / permutation statistics and tuning isolation on small pools."""
+
+import numpy as np
+import pytest
+
+from optscale import evaluation as ev
+from optscale.evaluation import (PoolArrays, bon_curve, interval_estimates, oracle_curve, paired_test, replay,
+                                 split_questions)
+from optscale.policies import POLICIES, Policy, make_policy
+from optscale.pools import replay_orders
+
+
+def small_pool(Q=12, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    correct = rng.random((Q, n)) < rng.uniform(0.2, 0.8, Q)[:, None]
+    scores = np.clip(np.where(correct, 0.7, 0.4) + rng.normal(0, 0.1, (Q, n)), 0, 1)
+    classes = np.where(correct, 0, 1 + rng.integers(0, 2, (Q, n)))
+    tokens = rng.integers(5, 50, (Q, n)).astype(float)
+    return PoolArrays("toy", np.array([f"q{i}" for i in range(Q)], object), scores, correct, tokens, classes,
+                      classes.astype(str).astype(object))
+
+
+def test_bon_curve_matches_policy_replay_and_oracle_curve_matches_oracle():
+    d = small_pool()
+    orders = replay_orders(d.n_questions, d.n, 5, seed=3)
+    curve = bon_curve(d, orders)
+    for N in (1, 3, 6):
+        r = replay(make_policy("bon", N=N), d, orders)
+        assert np.array_equal(r.correct, curve["correct"][N - 1])
+        assert np.allclose(r.tokens, curve["tokens"][N - 1])
+    orc = replay(make_policy("oracle"), d, orders)
+    oc = oracle_curve(d, orders)
+    assert np.array_equal(orc.correct, oc["correct"][-1])
+    assert np.allclose(orc.tokens, oc["tokens"][-1])
+    assert (oc["correct"].mean((1, 2)) >= curve["correct"].mean((1, 2)) - 1e-12).all()
+
+
+def test_replay_hand_made_pool_known_outcomes():
+    # q0: answers 1,1,2 ; scores favour the wrong one; q1: all correct
+    d = PoolArrays("hand", np.array(["a", "b"], object), np.array([[0.2, 0.3, 0.9], [0.5, 0.5, 0.5]]),
+                   np.array([[True, True, False], [True, True, True]]), np.array([[1.0, 2, 3], [4, 5, 6]]),
+                   np.array([[1, 1, 2], [0, 0, 0]]), np.array([["1", "1", "2"], ["x", "x", "x"]], object))
+    orders = replay_orders(2, 3, 1, seed=0)  # order 0 = identity
+    bon = replay(make_policy("bon"), d, orders)
+    maj = replay(make_policy("majority"), d, orders)
+    assert bon.correct.tolist() == [[False, True]] and maj.correct.tolist() == [[True, True]]
+    assert bon.tokens.tolist() == [[6.0, 15.0]]
+    esc = replay(make_policy("esc", window=2), d, orders)
+    assert esc.n.tolist() == [[2, 2]] and esc.tokens.tolist() == [[3.0, 9.0]]
+
+
+def test_interval_estimates_seeded_paired_and_shapes():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.5, 0.1, size=(4, 200))
+    p1, c1 = interval_estimates({"a": a, "b": a[0]}, rng=7, reps=500)
+    p2, c2 = interval_estimates({"a": a, "b": a[0]}, rng=7, reps=500)
+    assert c1 == c2 and p1 == p2
+    assert c1["a"][0] < a.mean() < c1["a"][1]
+    assert c1["a"][1] - c1["a"][0] < 0.05
+    const, ci = interval_estimates({"c": np.ones(30)}, rng=0, reps=100)
+    assert const["c"] == 1.0 and ci["c"] == (1.0, 1.0)
+    ratio, rci = interval_estimates({"r": (np.full(10, 2.0), np.full(10, 4.0))}, rng=0, reps=50,
+                                    stat=lambda x, y: np.mean(x) / np.mean(y))
+    assert ratio["r"] == 0.5 and rci["r"] == (0.5, 0.5)
+    _, sci = interval_estimates({"a": a}, rng=0, reps=300, stratified=True)
+    assert sci["a"][0] < a.mean() < sci["a"][1]
+    with pytest.raises(ValueError, match="same questions"):
+        interval_estimates({"a": np.ones(3), "b": np.ones(4)}, rng=0)
+
+
+def test_bootstrap_coverage_is_roughly_nominal():
+    rng = np.random.default_rng(5)
+    hits = 0
+    for t in range(60):
+        x = rng.binomial(1, 0.6, size=80).astype(float)
+        _, ci = interval_estimates({"x": x}, rng=t, reps=400, level=0.9)
+        hits += ci["x"][0] <= 0.6 <= ci["x"][1]
+    assert 0.75 <= hits / 60 <= 1.0
+
+
+def test_paired_test_detects_difference_and_equivalence():
+    rng = np.random.default_rng(2)
+    base = rng.random(200)
+    same = paired_test(base, base, rng=0, reps=500, margin=0.02)
+    assert same["diff"] == 0 and same["p_value"] == 1.0 and same["equivalent"]
+    worse = paired_test(base - 0.1 + rng.normal(0, 0.01, 200), base, rng=0, reps=500)
+    assert worse["p_value"] < 0.01 and worse["hi"] < 0 and not worse["equivalent"]
+    small = paired_test(base + rng.normal(0, 0.001, 200), base, rng=0, reps=500, margin=0.02)
+    assert small["equivalent"]
+
+
+def test_split_is_stable_and_disjoint():
+    ids = [f"q{i}" for i in range(200)]
+    c, t = split_questions(ids, 0.5, seed=0)
+    assert set(c).isdisjoint(t) and len(c) + len(t) == 200 and 70 < len(c) < 130
+    c2, _ = split_questions(ids[:100], 0.5, seed=0)  # pool grew: earlier questions keep their side
+    assert set(c2) == {i for i in c if i < 100}
+    c3, _ = split_questions(ids, 0.5, seed=1)
+    assert set(c3) != set(c)
+
+
+class _Spy(Policy):
+    name = "spy-test"
+    grid = {"N": [1, 2]}
+    prepared: list = []
+    reset_ids: list = []
+
+    @classmethod
+    def defaults(cls):
+        return {"N": 1}
+
+    def prepare(self, calib):
+        _Spy.prepared.append(set(calib.question_ids))
+
+    def reset(self, ctx):
+        super().reset(ctx)
+        _Spy.reset_ids.append(ctx.question_id)
+
+    def _stop(self, n):
+        return n >= self.N
+
+    def select(self):
+        return self._argmax_score()
+
+
+if "spy-test" not in POLICIES:
+    POLICIES.register("spy-test", _Spy)
+
+
+def test_tuning_never_sees_the_test_split(monkeypatch):
+    d = small_pool(Q=30)
+    calib_idx, test_idx = split_questions(d.question_ids, 0.5, seed=4)
+    test_ids = set(d.question_ids[test_idx])
+    seen_in_tuning = []
+    real_tune = ev.tune
+
+    def spy_tune(name, calib, *a, **k):
+        seen_in_tuning.append(set(calib.question_ids))
+        _Spy.reset_ids.clear()
+        out = real_tune(name, calib, *a, **k)
+        seen_in_tuning.append(set(_Spy.reset_ids))
+        return out
+
+    monkeypatch.setattr(ev, "tune", spy_tune)
+    _Spy.prepared.clear()
+    res = ev.evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
+                      verbose=False)
+    assert seen_in_tuning and all(s.isdisjoint(test_ids) for s in seen_in_tuning)
+    assert _Spy.prepared and all(s.isdisjoint(test_ids) for s in _Spy.prepared)
+    assert set(res.logs["question_id"]) == test_ids
+    assert set(res.summary["test_questions"]) == {len(test_idx)}
+    tt = ev.evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
+                     protocol="test-tuned", verbose=False)
+    assert tt.protocol == "test-tuned" and set(tt.logs["question_id"]) == test_ids
+
+
+def test_evaluate_outputs_and_determinism():
+    d = small_pool(Q=16)
+    kw = dict(policies=["bon", "majority", "esc", "oracle"], orders=4, tune_orders=2, bootstrap_reps=100,
+              verbose=False)
+    a, b = ev.evaluate(d, **kw), ev.evaluate(d, **kw)
+    assert a.summary.equals(b.summary)
+    assert {"accuracy_lo", "accuracy_hi", "tokens_lo", "tokens_hi"} <= set(a.summary.columns)
+    s = a.savings.set_index("policy")
+    assert s.loc["bon", "saved"] == 0 and s.loc["oracle", "saved"] > 0
+    assert len(a.logs) == 4 * len(a.reported_on)

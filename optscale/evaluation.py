@@ -587,6 +587,7 @@ def evaluate(data: PoolArrays, policies: Sequence[str] | None = None, max_N: int
                     seed=seed, tolerance=tolerance, margin=margin, protocol=protocol,
                     calibration_reference=ref)
     summary = _summary(results, params, data, protocol, bootstrap_reps, ci_level, seed, len(calib_idx), len(test_idx))
+    summary["max_N"] = max_N
     logs = _logs(results, test, protocol)
     tuning = pd.concat(tuning_rows, ignore_index=True) if tuning_rows else pd.DataFrame()
     ev = Evaluation(data, protocol, calib_idx, test_idx, results, params, curves, summary, logs, tuning,
@@ -603,7 +604,7 @@ def _summary(results, params, data, protocol, reps, level, seed, n_calib, n_test
     for k, r in results.items():
         row = {"dataset": data.dataset, "policy": k, "params": json.dumps(params[k], default=str),
                "protocol": protocol, "calibration_questions": n_calib, "test_questions": n_test,
-               "orders": r.n.shape[0], "max_N": int(r.n.max()) if r.n.size else 0}
+               "orders": r.n.shape[0]}
         for metric in ("accuracy", "tokens", "n"):
             p, ci = pts[metric]
             row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = p[k], ci[k][0], ci[k][1]

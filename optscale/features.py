@@ -138,15 +138,22 @@ def minilm_model_dir() -> Path:
 _MODEL_CACHE: dict[str, object] = {}
 
 
+def _text_keys(texts: Sequence[str]) -> np.ndarray:
+    return np.array([hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts])
+
+
 def embed_minilm(texts: Sequence[str], batch_size: int = 64, cache: bool = True,
                  cache_root: str | os.PathLike | None = None, verbose: bool = False) -> np.ndarray:
     """L2-normalised all-MiniLM-L6-v2 embeddings of ``texts``: ``(n, 384)`` float32.
 
     Runs offline (``HF_HUB_OFFLINE=1``) from the package's files. With ``cache`` the result is
-    stored as ``<cache_dir>/embeddings/minilm-<hash>.npy`` and reused when the same texts (same
-    order) are asked for again.
+    stored as ``<cache_dir>/embeddings/minilm-<hash of the texts>.npy`` (with the per-text hashes
+    beside it in ``.keys.npy``): the same list is read back directly, and a list whose texts were
+    all embedded before in other lists (e.g. a subset) is assembled without encoding.
     """
     texts = list(texts)
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
     path = None
     if cache:
         from .model_files import cache_dir
@@ -154,12 +161,31 @@ def embed_minilm(texts: Sequence[str], batch_size: int = 64, cache: bool = True,
         root = Path(cache_root) if cache_root else cache_dir() / "embeddings"
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"minilm-{texts_hash(texts, 'all-MiniLM-L6-v2')}.npy"
+        keys = _text_keys(texts)
+        kpath = path.with_suffix(".keys.npy")
         if path.is_file():
             arr = np.load(path)
             if arr.shape == (len(texts), 384):
+                if not kpath.is_file():
+                    np.save(kpath, keys)
                 return arr
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
+        # Assemble from earlier lists when every text is known.
+        known: dict[str, np.ndarray] = {}
+        for kp in root.glob("minilm-*.keys.npy"):
+            ep = kp.with_name(kp.name.replace(".keys.npy", ".npy"))
+            if ep.is_file():
+                ks, es = np.load(kp), np.load(ep, mmap_mode="r")
+                if len(ks) == len(es):
+                    want = set(keys) - set(known)
+                    for i, k in enumerate(ks):
+                        if k in want:
+                            known[k] = np.asarray(es[i])
+        if all(k in known for k in keys):
+            return np.stack([known[k] for k in keys]).astype(np.float32)
+        todo = [i for i, k in enumerate(keys) if k not in known]
+    else:
+        todo = list(range(len(texts)))
+        known, keys = {}, None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     model = _MODEL_CACHE.get("minilm")
@@ -168,10 +194,17 @@ def embed_minilm(texts: Sequence[str], batch_size: int = 64, cache: bool = True,
 
         model = SentenceTransformer(str(minilm_model_dir()), device="cpu", local_files_only=True)
         _MODEL_CACHE["minilm"] = model
-    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,  # type: ignore[attr-defined]
+    new = model.encode([texts[i] for i in todo], batch_size=batch_size, normalize_embeddings=True,  # type: ignore[attr-defined]
                        show_progress_bar=verbose, convert_to_numpy=True).astype(np.float32)
+    emb = np.empty((len(texts), 384), dtype=np.float32)
+    emb[todo] = new
+    if keys is not None:
+        for i, k in enumerate(keys):
+            if k in known:
+                emb[i] = known[k]
     if path is not None:
-        tmp = path.with_suffix(".tmp.npy")
+        tmp = path.with_name(path.stem + ".tmp.npy")
         np.save(tmp, emb)
         os.replace(tmp, path)
+        np.save(path.with_suffix(".keys.npy"), keys)
     return emb

@@ -164,3 +164,33 @@ def test_evaluate_outputs_and_determinism():
     s = a.savings.set_index("policy")
     assert s.loc["bon", "saved"] == 0 and s.loc["oracle", "saved"] > 0
     assert len(a.logs) == 4 * len(a.reported_on)
+
+
+def test_reported_table_and_side_by_side():
+    from optscale.data import resolve_data_dir
+
+    try:
+        rep = ev.load_reported_table()
+    except Exception:  # pragma: no cover - data release absent on this machine
+        pytest.skip(f"no reference table under {resolve_data_dir()}")
+    row = rep[(rep.method == "Best-of-N (BoN)") & (rep.N == 8) & (rep.dataset == "math500")]
+    assert row["accuracy"].iloc[0] == pytest.approx(0.948) and row["tokens"].iloc[0] == 22135
+    d = small_pool(Q=16)
+    res = ev.evaluate(d, policies=["bon", "majority"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    s = res.summary.assign(dataset="math500")
+    cmp = ev.paper_comparison(s, rep, "toy pool")
+    assert list(cmp["reported_N"]) == [8, 8]  # closest paper N to our max_N = 6
+    assert (cmp["ours_source"] == "reproduced on toy pool").all()
+
+
+def test_figures_return_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optscale.figures import plot_pareto, plot_savings
+
+    d = small_pool(Q=16)
+    res = ev.evaluate(d, policies=["bon", "esc", "oracle"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    fig = plot_pareto(res.summary, ev.curve_table(res, reps=50), title="toy")
+    assert len(fig.axes[0].lines) >= 2
+    assert plot_savings(res.savings).axes

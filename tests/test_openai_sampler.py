@@ -512,3 +512,22 @@ def test_paper_and_endpoint_profiles_load():
     assert ep.sampling.endpoints and all(u.startswith("http") for u in ep.sampling.endpoints)
     many = load_config("endpoint", "{sampling.endpoints: [http://a:8000/v1, http://b:8000/v1]}")
     assert many.sampling.endpoints == ("http://a:8000/v1", "http://b:8000/v1")
+
+
+@pytest.mark.server
+def test_llama_cpp_in_process_matches_server(llama_servers, chat_tokenizer):
+    """The in-process llama.cpp backend sends the same prompts and seeds as the endpoint sampler."""
+    from optscale.samplers.llama_cpp import LlamaCppSampler
+
+    a = llama_servers[0]
+    if a.proc.poll() is not None:
+        pytest.skip("server was killed by an earlier test")
+    reqs = [SampleRequest(prompt="What is 2+3? Answer briefly.", n=2, max_new_tokens=5, seed=21, key="ip")]
+    cfg = _cfg(**{"sampling.max_new_tokens": {"math500": 64, "gsm8k": 64, "aime24": 64, "aime25": 64, "amc23": 64}})
+    local = LlamaCppSampler(cfg, tokenizer=chat_tokenizer, n_ctx=512, n_threads=1)
+    assert SAMPLERS.get("llama-cpp") is LlamaCppSampler
+    out = local.generate(reqs)
+    remote = _llama_sampler([a.url], chat_tokenizer).generate(reqs)
+    assert [c.seed for c in out[0]] == [derive_seed(21, j) for j in range(2)]
+    assert all(len(c.token_logprobs) == c.n_tokens >= 1 for c in out[0])
+    assert [c.text for c in out[0]] == [c.text for c in remote[0]]

@@ -161,8 +161,8 @@ class EvaluationConfig:
     max_N: int = 16  # sample budget per question (capped at the pool's n)
     calibration_fraction: float = 0.5  # questions used for tuning; the rest are reported
     split_seed: int = 0
-    orders: int = 50  # seeded random sample orders per test question (replay)
-    tune_orders: int = 10  # orders per calibration question during the grid search
+    orders: int = 20  # seeded random sample orders per test question (replay)
+    tune_orders: int = 4  # orders per calibration question during the grid search
     tolerance: float = 0.01  # tuning: accuracy within this of BoN/majority@max_N, then fewest tokens
     margin: float = 0.02  # "matches BoN": paired CI of the accuracy difference inside +-margin
     deepconf_window: int = 32  # tokens per DeepConf confidence group

@@ -68,8 +68,14 @@ class Sampler(ABC):
         """One list of ``request.n`` completions per request, in request order."""
 
     def describe(self) -> dict[str, Any]:
-        """Metadata stored once per pool (model, backend, decoding settings)."""
-        return {"backend": self.name}
+        """Metadata stored once per pool (model, backend, decoding settings). Subclasses add
+        their own keys to this dict."""
+        meta: dict[str, Any] = {"backend": self.name}
+        c = getattr(self, "config", None)
+        if c is not None:
+            meta.update(model=c.model, dtype=c.dtype, temperature=c.temperature, top_p=c.top_p,
+                        prompt_template=getattr(self, "template", c.prompt_template))
+        return meta
 
     def close(self) -> None:  # pragma: no cover - default no-op
         pass

@@ -43,14 +43,9 @@ class HFSampler(Sampler):
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {
-            "backend": self.name,
-            "model": c.model,
-            "dtype": c.dtype,
+            **super().describe(),
             "device": self.device,
-            "temperature": c.temperature,
-            "top_p": c.top_p,
             "batch_size": c.batch_size,
-            "prompt_template": self.template,
             "logprobs": "raw model distribution (temperature 1), chosen token and top-%d mean" % c.top_k_logprobs,
         }
 

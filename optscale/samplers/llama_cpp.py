@@ -73,12 +73,8 @@ class LlamaCppSampler(Sampler):
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {
-            "backend": self.name,
-            "model": c.model,
+            **super().describe(),
             "gguf": str(self.gguf) if self.gguf else None,
-            "temperature": c.temperature,
-            "top_p": c.top_p,
-            "prompt_template": self.template,
             "seeding": "one call per sample, seed = derive_seed(request seed, sample index)",
             "logprobs": "llama.cpp raw model log-probs: chosen token and top-%d mean" % c.top_k_logprobs,
         }

@@ -257,13 +257,10 @@ class OpenAICompatSampler(Sampler):
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {
-            "backend": self.name,
+            **super().describe(),
             "model": self.served_model,
             "api": self.api,
             "endpoints": list(self.endpoints),
-            "temperature": c.temperature,
-            "top_p": c.top_p,
-            "prompt_template": self.template,
             "seeding": "one request per sample, seed = derive_seed(request seed, sample index)",
             "logprobs": "server-reported log-probs: chosen token and top-%d mean" % c.top_k_logprobs,
         }

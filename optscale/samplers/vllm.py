@@ -157,12 +157,7 @@ class VLLMSampler(Sampler):
     def describe(self) -> dict[str, Any]:
         c = self.config
         return {
-            "backend": self.name,
-            "model": c.model,
-            "dtype": c.dtype,
-            "temperature": c.temperature,
-            "top_p": c.top_p,
-            "prompt_template": self.template,
+            **super().describe(),
             "tensor_parallel_size": c.tensor_parallel_size,
             "enable_prefix_caching": c.enable_prefix_caching,
             "logprobs": "vLLM raw model log-probs: chosen token and top-%d mean" % c.top_k_logprobs,

@@ -16,14 +16,14 @@ import pytest
 from optscale.config import RunConfig, load_config
 from optscale.data import Problem
 from optscale.pools import (PoolError, generate_pool, read_pool, replay_orders, subsample, write_pool)
-from optscale.samplers.fake import FakeSampler
+from optscale.samplers.fake import FAKE_GOLD, FakeSampler
 from optscale.scorers import get_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _problems(n, dataset="gsm8k"):
-    return [Problem(dataset, f"q{i}", f"What is {i}+1?", str((i % 3) + 1), i) for i in range(n)]
+    return [Problem(dataset, f"q{i}", f"What is {i}+1?", FAKE_GOLD, i) for i in range(n)]
 
 
 def _cfg(tmp_path, n=4):
@@ -45,7 +45,7 @@ def test_generate_read_roundtrip(tmp_path):
     assert pool.n_questions == 5 and pool.n_per_question == 4
     assert pool.scores("self-certainty").shape == (5, 4)
     assert pool.meta["generator"]["backend"] == "fake" and pool.meta["n_samples"] == 4
-    # grading: the fake sampler boxes one of 1/2/3, gold is (i % 3) + 1
+    # grading: the fake sampler boxes the fake gold or a wrong number
     df = pool.df
     expect = df["answer"].astype(str) == df["gold"]
     assert (df["correct"] == expect).all()
@@ -68,9 +68,9 @@ def test_resume_skips_done_questions(tmp_path):
     sampler = FakeSampler(cfg.sampling)
     generate_pool(cfg, "gsm8k", _problems(6), sampler, max_questions=2, progress=False)
     assert read_pool(tmp_path / "fake" / "gsm8k.parquet").n_questions == 2
-    calls = sampler.calls
+    calls = len(sampler.calls)
     generate_pool(cfg, "gsm8k", _problems(6), sampler, progress=False)
-    assert sampler.calls - calls == 4  # only the 4 missing questions were sampled
+    assert len(sampler.calls) - calls == 4  # only the 4 missing questions were sampled
     assert read_pool(tmp_path / "fake" / "gsm8k.parquet").n_questions == 6
 
 
@@ -86,10 +86,10 @@ KILL_SCRIPT = textwrap.dedent("""
     from optscale.config import load_config
     from optscale.data import Problem
     from optscale.pools import generate_pool
-    from optscale.samplers.fake import FakeSampler
+    from optscale.samplers.fake import FAKE_GOLD, FakeSampler
     cfg = load_config("cpu", {{"pools.pool_dir": {root!r}, "pools.pool_name": "fake",
                               "sampling.n_samples.gsm8k": 4}})
-    probs = [Problem("gsm8k", f"q{{i}}", f"What is {{i}}+1?", str((i % 3) + 1), i) for i in range(30)]
+    probs = [Problem("gsm8k", f"q{{i}}", f"What is {{i}}+1?", "42", i) for i in range(30)]
     generate_pool(cfg, "gsm8k", probs, FakeSampler(cfg.sampling, delay_s={delay}), flush_every=3, progress=False)
 """)
 
@@ -113,7 +113,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     with open(ckpt, "a") as f:
         f.write('{"question_id": "q29", "rows": [{"datas')
     cfg = load_config("cpu", {"pools.pool_dir": str(killed), "pools.pool_name": "fake", "sampling.n_samples.gsm8k": 4})
-    probs = [Problem("gsm8k", f"q{i}", f"What is {i}+1?", str((i % 3) + 1), i) for i in range(30)]
+    probs = [Problem("gsm8k", f"q{i}", f"What is {i}+1?", FAKE_GOLD, i) for i in range(30)]
     with pytest.warns(UserWarning, match="truncated"):
         generate_pool(cfg, "gsm8k", probs, FakeSampler(cfg.sampling), progress=False)
     cfg2 = load_config("cpu", {"pools.pool_dir": str(clean), "pools.pool_name": "fake", "sampling.n_samples.gsm8k": 4})

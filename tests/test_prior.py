@@ -234,6 +234,7 @@ def test_scale_calibrator_recovers_linear_map_and_falls_back_to_constant():
 
 
 # -- paper-style LM backbone (tiny random Qwen2, CPU) -----------------------------------------
+@pytest.mark.slow  # importing transformers and building the model dominate (~20 s idle machine)
 def test_lm_backbone_tiny_qwen2_fit_predict_save_load(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

@@ -9,6 +9,7 @@ correct samples look more confident.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,8 +24,10 @@ FAKE_GOLD = "42"
 class FakeSampler(Sampler):
     name = "fake"
 
-    def __init__(self, config: Any = None, p_correct: float | None = None, max_tokens: int = 200):
+    def __init__(self, config: Any = None, p_correct: float | None = None, max_tokens: int = 200,
+                 delay_s: float = 0.0):
         self.config = config
+        self.delay_s = delay_s  # sleep per sample, so a test can kill a run part-way
         self.p_correct = p_correct
         self.max_tokens = max_tokens
         self.calls: list[SampleRequest] = []  # every request served (tests count them)
@@ -33,6 +36,8 @@ class FakeSampler(Sampler):
         return {"backend": self.name, "model": "fake", "p_correct": self.p_correct}
 
     def _one(self, req: SampleRequest, i: int) -> Completion:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         seed = derive_seed(req.seed, i)
         rng = np.random.default_rng(seed)
         p = self.p_correct if self.p_correct is not None else derive_seed(req.key or req.prompt) / 2**31

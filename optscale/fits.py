@@ -251,6 +251,16 @@ class FitResult:
 # ---------------------------------------------------------------------------------------------
 # Input checking
 # ---------------------------------------------------------------------------------------------
+def _prepare_nonempty(scores, mask) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+    """:func:`_prepare` plus the per-question count of usable scores ``(q,)``; a question with
+    none is an error (families without a prior cannot fit it)."""
+    x, m, single = _prepare(scores, mask)
+    n = m.sum(axis=1).astype(float)
+    if (n == 0).any():
+        raise FitError(f"question {int(np.argwhere(n == 0)[0][0])} has no usable score")
+    return x, m, single, n
+
+
 def _prepare(scores, mask) -> tuple[np.ndarray, np.ndarray, bool]:
     x = np.asarray(scores, dtype=float)
     single = x.ndim == 1
@@ -557,10 +567,7 @@ class BetaFamily(FitFamily):
     bounds = (1e-2, 1e3)
 
     def fit(self, scores, mask=None, **kw):
-        x, m, single = _prepare(scores, mask)
-        n = m.sum(axis=1).astype(float)
-        if (n == 0).any():
-            raise FitError(f"question {int(np.argwhere(n == 0)[0][0])} has no usable score")
+        x, m, single, n = _prepare_nonempty(scores, mask)
         xc = _clip01(x)
         sl = (np.log(xc) * m).sum(1)
         sl1 = (np.log1p(-xc) * m).sum(1)
@@ -607,10 +614,7 @@ class LogitNormalFamily(FitFamily):
     name, param_names, n_params = "logit-normal", ("m", "s"), 2
 
     def fit(self, scores, mask=None, **kw):
-        x, m, single = _prepare(scores, mask)
-        n = m.sum(axis=1).astype(float)
-        if (n == 0).any():
-            raise FitError(f"question {int(np.argwhere(n == 0)[0][0])} has no usable score")
+        x, m, single, n = _prepare_nonempty(scores, mask)
         xc = _clip01(x)
         y = special.logit(xc)
         mm = (y * m).sum(1) / n
@@ -646,10 +650,7 @@ class KDEFamily(FitFamily):
     name, param_names, n_params = "kde", ("points", "weights", "h"), float("nan")
 
     def fit(self, scores, mask=None, **kw):
-        x, m, single = _prepare(scores, mask)
-        n = m.sum(axis=1).astype(float)
-        if (n == 0).any():
-            raise FitError(f"question {int(np.argwhere(n == 0)[0][0])} has no usable score")
+        x, m, single, n = _prepare_nonempty(scores, mask)
         xm = np.where(m, x, np.nan)
         sd = np.nanstd(xm, axis=1)
         iqr = np.nanpercentile(xm, 75, axis=1) - np.nanpercentile(xm, 25, axis=1)

@@ -16,7 +16,8 @@ Parts (name registries)
   ``"text"`` (cheap text features only), ``"lm"`` (paper-style: a causal LM with the last layers
   trainable, attention pooling and MLP heads, :class:`LMPriorPredictor`; GPU when available).
 - ``HEADS`` for the feature backbones: ``"constant"`` (training mean), ``"ridge"`` (RidgeCV),
-  ``"mlp"`` (small sklearn MLP, weight decay chosen by CV), ``"ridge+mlp"`` (their average).
+  ``"mlp"`` (small sklearn MLP, weight decay chosen by CV), ``"ridge+mlp"`` (their average),
+  ``"krr"`` (RBF kernel ridge on standardised features, :class:`_KernelRidgeHead`).
 
 Uncertainty: K-fold out-of-fold residuals on the training set; a ridge model of
 ``log(residual^2)`` on the features gives a per-question error scale, rescaled so the
@@ -186,7 +187,38 @@ def _ridge_mlp(seed: int, epochs: int, cv: int) -> Any:
     return _AverageHead([_ridge(seed, epochs, cv), _mlp(seed, epochs, cv)])
 
 
+class _KernelRidgeHead:
+    """RBF kernel ridge on standardised features, targets centred (multi-output).
+
+    ``gamma = gamma_scale / d`` for ``d`` features, so the kernel width follows the standardised
+    squared distance (about ``2 d`` between unrelated rows). Defaults (``gamma_scale=1``,
+    ``alpha=0.3``) were chosen by 5-fold CV inside the 80% training part of the MATH labels
+    (split seed 0; out-of-fold Spearman of the mean 0.61 vs 0.55 for ridge on the same features),
+    never on the held-out part or MATH-500.
+    """
+
+    def __init__(self, alpha: float = 0.3, gamma_scale: float = 1.0):
+        self.alpha, self.gamma_scale = alpha, gamma_scale
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> "_KernelRidgeHead":
+        from sklearn.kernel_ridge import KernelRidge
+        from sklearn.preprocessing import StandardScaler
+
+        X, Y = np.asarray(X, float), np.asarray(Y, float)
+        self.scaler_ = StandardScaler().fit(X)
+        self.offset_ = Y.mean(axis=0)
+        self.model_ = KernelRidge(alpha=self.alpha, kernel="rbf", gamma=self.gamma_scale / X.shape[1])
+        self.model_.fit(self.scaler_.transform(X), Y - self.offset_)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``(n, k)`` predictions for ``(n, d)`` features."""
+        out = self.model_.predict(self.scaler_.transform(np.asarray(X, float)))
+        return out.reshape(len(X), -1) + self.offset_
+
+
 HEADS.register("constant", lambda seed, epochs, cv: _ConstantHead())
+HEADS.register("krr", lambda seed, epochs, cv: _KernelRidgeHead())
 HEADS.register("ridge", _ridge)
 HEADS.register("mlp", _mlp)
 HEADS.register("ridge+mlp", _ridge_mlp)
@@ -387,6 +419,8 @@ def _head_params(model: Any) -> dict[str, Any]:
         out.update({k: float(v) for k, v in model.best_params_.items()})
     if hasattr(model, "steps") and hasattr(model.steps[-1][1], "alpha_"):
         out["ridge_alpha"] = float(np.atleast_1d(model.steps[-1][1].alpha_)[0])
+    if isinstance(model, _KernelRidgeHead):
+        out.update(krr_alpha=model.alpha, krr_gamma_scale=model.gamma_scale)
     if isinstance(model, _AverageHead):
         for i, h in enumerate(model.heads):
             out.update({f"{i}.{k}": v for k, v in _head_params(h).items()})

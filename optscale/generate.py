@@ -75,6 +75,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_info(args) -> int:
+    """Per pool: size, single-sample accuracy, and at the pool's n: pass@n, Best-of-n per scorer
+    and majority vote (averaged over the profile's replay orders, 95% bootstrap CI)."""
+    from .curves import fixed_n_curves, pool_summary
+    from .pools import replay_orders
+
     cfg = load_config(args.profile, args.overrides)
     for ds in cfg.data.benchmarks:
         path = pool_path(cfg, ds)
@@ -82,8 +87,22 @@ def cmd_info(args) -> int:
             print(f"{ds}: no pool at {path}")
             continue
         pool = read_pool(path, allow_partial_scores=True)
-        acc = pool.df["correct"].mean()
-        print(f"{pool.describe()}; single-sample accuracy {acc:.3f}; mean tokens {pool.df['n_tokens'].mean():.0f}")
+        n = pool.n_per_question
+        s = pool_summary({ds: pool}).iloc[0]
+        print(f"{pool.describe()}\n  single-sample accuracy {s.single_sample_accuracy:.3f}, pass@{n} "
+              f"{s[f'pass@{n}']:.3f}, mean tokens {s.mean_tokens:.0f}, truncated {s.truncated_rate:.2f}")
+        orders = replay_orders(pool.n_questions, n, cfg.pools.replay_orders, cfg.pools.replay_seed)
+        for sc in pool.scorers:
+            if pool.df[f"score__{sc}"].isna().any():
+                print(f"  {sc}: scores incomplete, skipped")
+                continue
+            c = fixed_n_curves(pool, sc, orders, [n], reps=cfg.evaluation.bootstrap_reps, seed=cfg.evaluation.seed)
+            for r in c.itertuples():
+                if r.method == "majority" and sc != pool.scorers[0]:
+                    continue
+                label = f"{r.method}@{n}" + (f" by {sc}" if r.method != "majority" else "")
+                print(f"  {label}: {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], AUROC {sc} {s[f'auroc_{sc}']:.3f}"
+                      if r.method == "best-of-n" else f"  {label}: {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]")
     return 0
 
 

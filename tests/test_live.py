@@ -48,3 +48,100 @@ def test_live_matches_replay_of_the_same_stream_and_stops_asking():
     chunked = run_live(make_policy("bon", N=3), sampler, probs, score_fn, max_N, chunk=4, max_new_tokens=64)
     assert (chunked["n_generated"] == 4).all() and (chunked["n_used"] == 3).all()
     assert (chunked["tokens_generated"] >= chunked["tokens_charged"]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrent live mode: all questions at once, cancellation when a policy stops
+# ---------------------------------------------------------------------------------------------
+import asyncio  # noqa: E402
+
+import pytest  # noqa: E402
+
+import test_openai_sampler as tos  # noqa: E402  (the scripted OpenAI-style servers)
+from test_openai_sampler import servers  # noqa: E402,F401  (fixture: scripted servers, always shut down)
+
+from optscale.live import run_live_concurrent  # noqa: E402
+from optscale.samplers.openai_compat import OpenAICompatSampler  # noqa: E402
+
+CONCURRENT_POLICIES = (("bon", {"N": 2}), ("esc", {"window": 2}), ("asc", {"threshold": 0.9}), ("bon", {}))
+
+
+class ReversedAsyncFake:
+    """The fake sampler behind the async interface, delivering each question's samples in
+    *reverse* index order, questions interleaved: the worst arrival order for the policy."""
+
+    def __init__(self):
+        self.inner = get_sampler("fake", None)
+        self.cancelled: list[str] = []
+
+    def cancel(self, key):
+        self.cancelled.append(key)
+
+    async def agenerate(self, requests, on_completion=None):
+        out = self.inner.generate(requests)
+        got = [dict() for _ in requests]
+        for j in reversed(range(max(r.n for r in requests))):
+            for i, r in enumerate(requests):
+                if j < r.n and r.key not in self.cancelled:
+                    got[i][j] = out[i][j]
+                    on_completion(i, j, out[i][j])
+        return [[g[j] for j in sorted(g)] for g in got]
+
+
+def test_concurrent_feeds_samples_in_index_order_whatever_the_arrival_order():
+    probs, max_N = problems(4), 6
+    for name, kw in CONCURRENT_POLICIES:
+        ref = run_live(make_policy(name, **kw), get_sampler("fake", None), probs, score_fn, max_N, chunk=max_N,
+                       max_new_tokens=64)
+        s = ReversedAsyncFake()
+        live = run_live_concurrent(lambda: make_policy(name, **kw), s, probs, score_fn, max_N, max_new_tokens=64)
+        for col in ("n_used", "answer", "correct", "tokens_charged", "policy"):
+            assert live[col].tolist() == ref[col].tolist(), (name, col)
+        # everything arrived before index 0 could be shown: nothing was left to cancel
+        assert (live["n_generated"] == max_N).all() and (live["n_cancelled"] == 0).all()
+    with pytest.raises(TypeError, match="agenerate"):
+        run_live_concurrent(lambda: make_policy("bon"), get_sampler("fake", None), probs, score_fn, max_N)
+
+
+def boxed_tokens(seed: int, max_tokens: int) -> list[str]:
+    """Scripted 'model' whose samples carry a boxed answer (0-3) set by the seed."""
+    return [f" \\boxed{{{(seed >> 4) % 4}}}"] + [f" w{i}" for i in range(1, max_tokens)]
+
+
+def seed_score(question, comps):
+    return [((c.seed * 2654435761) % 1000) / 1000 for c in comps]
+
+
+def _http_sampler(urls):
+    cfg = tos._cfg(**{"sampling.max_in_flight_per_endpoint": 2, "sampling.request_timeout_s": 5.0})
+    return OpenAICompatSampler(cfg, endpoints=urls, tokenizer=tos.TemplateTok(), backoff_base_s=0.02,
+                               backoff_max_s=0.1)
+
+
+def test_concurrent_over_http_cancels_stopped_questions_and_matches_the_sync_stream(servers, monkeypatch):
+    monkeypatch.setattr(tos, "scripted_tokens", boxed_tokens)
+    probs = [Problem("ds", f"q{i}", f"question {i}", "2", i) for i in range(3)]
+    max_N = 8
+    a, b = servers(delay_s=0.02), servers(delay_s=0.12)  # uneven replicas: samples arrive out of order
+    sampler = _http_sampler([a.url, b.url])
+    live = run_live_concurrent(lambda: make_policy("bon", N=2), sampler, probs, seed_score, max_N, seed=3,
+                               max_new_tokens=4)
+    sent = [0] * len(probs)
+    for body in a.behaviour.requests + b.behaviour.requests:
+        sent[int(body["prompt"].split("question ")[1].split("<")[0])] += 1
+    # (1) each question stopped after 2 samples: its remaining requests were never sent / aborted
+    assert (live["n_used"] == 2).all()
+    assert all(n < max_N for n in sent), sent
+    assert (live["n_cancelled"] > 0).all() and (live["n_generated"] + live["n_cancelled"] == max_N).all()
+    assert (live["n_generated"] <= np.array(sent)).all()
+
+    # (2) same decisions as the synchronous run over the same stream (one replica, in order)
+    ref_sampler = _http_sampler([servers().url])
+    for name, kw in (("bon", {"N": 2}), ("esc", {"window": 2})):  # the fake-sampler test covers the rest
+        ref = run_live(make_policy(name, **kw), ref_sampler, probs, seed_score, max_N, chunk=max_N, seed=3,
+                       max_new_tokens=4)
+        got = live if (name, kw) == ("bon", {"N": 2}) else run_live_concurrent(
+            lambda: make_policy(name, **kw), sampler, probs, seed_score, max_N, seed=3, max_new_tokens=4)
+        for col in ("n_used", "answer", "correct", "tokens_charged"):
+            assert got[col].tolist() == ref[col].tolist(), (name, col)
+    assert len(set(live["answer"])) > 1  # the selected answers come from the samples, not a constant

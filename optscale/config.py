@@ -143,7 +143,7 @@ class FitConfig:
 @dataclass(frozen=True)
 class PredictorConfig:
     backbone: str = "minilm"  # registry name in optscale.prior.BACKBONES: minilm | text | lm
-    head: str = "ridge+mlp"  # optscale.prior.HEADS: constant | ridge | mlp | ridge+mlp (feature backbones)
+    head: str = "krr"  # optscale.prior.HEADS: constant | ridge | mlp | ridge+mlp | krr (feature backbones)
     split_seed: int = 0  # seeds the held-out split, CV folds and the MLP
     test_fraction: float = 0.2  # held-out share of the 4,501 MATH training labels
     cv_folds: int = 5  # K-fold on the training part: out-of-fold residuals -> calibrated uncertainty

@@ -195,9 +195,10 @@ def test_krr_head_fits_nonlinear_signal_that_ridge_misses():
     assert ev["krr"].loc[0, "mae"] < 0.5 * ev["ridge"].loc[0, "mae"]
     assert ev["krr"].loc[1, "spearman"] > 0.5  # std depends on |x1|: also non-linear
     assert fitted["krr"].info["head_params"]["krr_alpha"] == pytest.approx(0.3)
-    # Seeded and deterministic: refit gives identical predictions.
+    # Deterministic: a refit gives the same predictions (up to floating-point summation order).
     again = PriorPredictor(backbone="text", head="krr", cv_folds=3).fit(probs[:200], Y[:200], X=X[:200])
-    assert np.array_equal(again.predict(X=X[200:]).moments(), fitted["krr"].predict(X=X[200:]).moments())
+    assert np.allclose(again.predict(X=X[200:]).moments(), fitted["krr"].predict(X=X[200:]).moments(),
+                       rtol=0, atol=1e-9)
 
 
 @needs_data

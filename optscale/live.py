@@ -17,8 +17,6 @@ the question's queued and in-flight samples.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,7 +25,7 @@ import pandas as pd
 from .data import Problem
 from .grading import extract_answer, is_equivalent
 from .policies import Policy, QuestionContext, Sample, group_confidences
-from .samplers.base import Completion, SampleRequest, Sampler, derive_seed
+from .samplers.base import Completion, SampleRequest, Sampler, derive_seed, run_coroutine_sync
 
 __all__ = ["OnlineClasses", "chunk_seed", "run_live", "run_live_concurrent", "question_samples"]
 
@@ -143,29 +141,6 @@ def run_live(policy: Policy, sampler: Sampler, problems: Sequence[Problem],
     return pd.DataFrame(rows)
 
 
-def _run_sync(make_coro: Callable[[], Any]) -> Any:
-    """Run a coroutine to completion from synchronous code, also where an event loop is already
-    running in this thread (Jupyter): then in a worker thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coro())
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["out"] = asyncio.run(make_coro())
-        except BaseException as e:  # re-raised in the caller's thread
-            box["err"] = e
-
-    t = threading.Thread(target=target, name="optscale-live")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["out"]
-
-
 def run_live_concurrent(policy_factory: Callable[[], Policy], sampler: Sampler, problems: Sequence[Problem],
                         score_fn: Callable[[str, Sequence[Completion]], Sequence[float]], max_N: int,
                         seed: int = 0, max_new_tokens: int = 512,
@@ -214,7 +189,7 @@ def run_live_concurrent(policy_factory: Callable[[], Policy], sampler: Sampler, 
                     q.count_unobserved(late)
                 pending[i].clear()
 
-    _run_sync(lambda: sampler.agenerate(reqs, on_completion=on_completion))
+    run_coroutine_sync(lambda: sampler.agenerate(reqs, on_completion=on_completion))
     rows = []
     for i, q in enumerate(runs):
         if not q.stopped:  # every sample arrived (nothing was cancelled), so the policy hit max_N

@@ -10,13 +10,15 @@ ends (so scorers can align tokens with reasoning steps), the finish reason and t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-__all__ = ["SampleRequest", "Completion", "Sampler", "derive_seed", "load_prompt_template", "SamplerError"]
+__all__ = ["run_coroutine_sync", "SampleRequest", "Completion", "Sampler", "derive_seed", "load_prompt_template", "SamplerError"]
 
 
 class SamplerError(RuntimeError):
@@ -79,3 +81,26 @@ class Sampler(ABC):
 
     def close(self) -> None:  # pragma: no cover - default no-op
         pass
+
+
+def run_coroutine_sync(make_coro: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion from synchronous code, also where an event loop is already
+    running in this thread (Jupyter): then in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = asyncio.run(make_coro())
+        except BaseException as e:  # re-raised in the caller's thread
+            box["err"] = e
+
+    t = threading.Thread(target=target, name="optscale-event-loop")
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]

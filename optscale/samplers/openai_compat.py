@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..config import SamplingConfig
-from .base import Completion, SampleRequest, Sampler, SamplerError, derive_seed, load_prompt_template
+from .base import (Completion, SampleRequest, Sampler, SamplerError, derive_seed, load_prompt_template,
+                   run_coroutine_sync)
 
 __all__ = [
     "OpenAICompatSampler",
@@ -328,28 +329,7 @@ class OpenAICompatSampler(Sampler):
 
     # -- sync entry point -----------------------------------------------------------------------
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
-        try:
-            asyncio.get_running_loop()
-            inside_loop = True
-        except RuntimeError:
-            inside_loop = False
-        if not inside_loop:
-            out = asyncio.run(self.agenerate(requests))
-        else:  # e.g. inside Jupyter: run the event loop in a worker thread
-            box: dict[str, Any] = {}
-
-            def target() -> None:
-                try:
-                    box["out"] = asyncio.run(self.agenerate(requests))
-                except BaseException as e:  # re-raised in the caller's thread
-                    box["err"] = e
-
-            t = threading.Thread(target=target, name="optscale-openai-sampler")
-            t.start()
-            t.join()
-            if "err" in box:
-                raise box["err"]
-            out = box["out"]
+        out = run_coroutine_sync(lambda: self.agenerate(requests))
         for req, comps in zip(requests, out):
             if len(comps) != req.n:
                 raise SamplerError(f"request {req.key!r}: {len(comps)} of {req.n} samples (cancelled?)")

@@ -151,6 +151,12 @@ class Pool:
     def answers(self, n: int | None = None) -> np.ndarray:
         return self.matrix("answer", n)
 
+    def fully_scored(self) -> "Pool":
+        """The questions whose every sample has every score (a pool being scored may be partial)."""
+        cols = [c for c in self.df.columns if c.startswith("score__")]
+        ok = self.df[cols].notna().all(axis=1).groupby(self.df["question_id"]).transform("all")
+        return Pool(self.df[ok].reset_index(drop=True), dict(self.meta), self.path)
+
     def head(self, n_questions: int) -> "Pool":
         keep = set(self.question_ids[:n_questions])
         return Pool(self.df[self.df["question_id"].isin(keep)].reset_index(drop=True), dict(self.meta), self.path)

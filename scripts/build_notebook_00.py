@@ -61,9 +61,7 @@ for b in cfg.data.benchmarks:
     if not path.is_file():
         print(f"{b}: no pool at {path} yet, skipped")
         continue
-    pool = read_pool(path, allow_partial_scores=True)
-    complete = pool.df.groupby("question_id")[[c for c in pool.df if c.startswith("score__")]].apply(lambda g: g.notna().all().all())
-    pool = type(pool)(pool.df[pool.df["question_id"].isin(complete[complete].index)].reset_index(drop=True), pool.meta, pool.path)
+    pool = read_pool(path, allow_partial_scores=True).fully_scored()
     limit = cfg.data.max_questions[b]
     pools[b] = pool.head(limit) if limit else pool
     print(pools[b].describe())

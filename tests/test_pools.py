@@ -202,6 +202,16 @@ def test_replay_orders_and_subsample():
         subsample(vals, orders, 6)
 
 
+def test_fully_scored_drops_questions_with_missing_scores(tmp_path):
+    cfg, path = _make_pool(tmp_path)
+    pool = read_pool(path)
+    df = pool.df.copy()
+    df.loc[df["question_id"] == "q2", "score__self-certainty"] = np.nan
+    df.loc[(df["question_id"] == "q2") & (df["sample_index"] == 0), "score__self-certainty"] = 0.5
+    partial = type(pool)(df, pool.meta, pool.path).fully_scored()
+    assert partial.question_ids == ["q0", "q1", "q3", "q4"] and len(partial.df) == 16
+
+
 def test_pool_head_and_matrix(tmp_path):
     cfg, path = _make_pool(tmp_path)
     pool = read_pool(path)

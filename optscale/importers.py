@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .grading import extract_answer, is_equivalent
@@ -98,18 +97,28 @@ def import_optscale_json(path: str | os.PathLike, dataset: str, scorer: str = "p
         meta["import_error"] = f"line {e.lineno}: {e.msg}; kept {len(data)} complete question(s)"
     if not isinstance(data, list):
         raise PoolImportError(f"{path}: expected a JSON list of questions, got {type(data).__name__}")
+    records = ((f"{path}: question {i}", rec) for i, rec in enumerate(data))
+    return _finish(_collect_rows(records, dataset, scorer, aggregation, keep_partial, meta), meta, path)
+
+
+def _collect_rows(records, dataset: str, scorer: str, aggregation: str, keep_partial: bool,
+                  meta: dict[str, Any]) -> list[dict]:
+    """Pool rows from ``(location, record)`` pairs, question index = position. A bad record (or a
+    :class:`PoolImportError` raised while reading the next one) stops the import: it is raised,
+    or with ``keep_partial`` recorded in ``meta["import_error"]`` keeping the rows read so far."""
     rows: list[dict] = []
-    for i, rec in enumerate(data):
-        try:
+    q = 0
+    try:
+        for where, rec in records:
             if not isinstance(rec, dict):
-                raise PoolImportError(f"{path}: question {i}: expected an object")
-            rows.extend(_rows(dataset, i, rec, f"{path}: question {i}", scorer, aggregation))
-        except PoolImportError as e:
-            if not keep_partial:
-                raise
-            meta["import_error"] = str(e)
-            break
-    return _finish(rows, meta, path)
+                raise PoolImportError(f"{where}: expected an object")
+            rows.extend(_rows(dataset, q, rec, where, scorer, aggregation))
+            q += 1
+    except PoolImportError as e:
+        if not keep_partial:
+            raise
+        meta["import_error"] = str(e)
+    return rows
 
 
 def _json_prefix(text: str) -> list:
@@ -134,27 +143,19 @@ def import_sal_jsonl(path: str | os.PathLike, dataset: str, scorer: str = "prm",
     meta: dict[str, Any] = {"dataset": dataset, "pool_name": path.stem, "imported_from": str(path),
                             "generator": {"model": "imported", "backend": "sal-jsonl"},
                             "scorers": {scorer: {"aggregation": aggregation}}}
-    rows: list[dict] = []
-    q = 0
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
+
+    def records():
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise PoolImportError(f"{path}: line {lineno}: not valid JSON ({e.msg}; truncated?)") from None
-                if not isinstance(rec, dict):
-                    raise PoolImportError(f"{path}: line {lineno}: expected an object")
-                rows.extend(_rows(dataset, q, rec, f"{path}: line {lineno}", scorer, aggregation))
-                q += 1
-            except PoolImportError as e:
-                if not keep_partial:
-                    raise
-                meta["import_error"] = str(e)
-                break
-    return _finish(rows, meta, path)
+                yield f"{path}: line {lineno}", rec
+
+    return _finish(_collect_rows(records(), dataset, scorer, aggregation, keep_partial, meta), meta, path)
 
 
 def export_optscale_json(pool: Pool, path: str | os.PathLike, scorer: str) -> Path:

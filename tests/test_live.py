@@ -121,7 +121,7 @@ def _http_sampler(urls):
 def test_concurrent_over_http_cancels_stopped_questions_and_matches_the_sync_stream(servers, monkeypatch):
     monkeypatch.setattr(tos, "scripted_tokens", boxed_tokens)
     probs = [Problem("ds", f"q{i}", f"question {i}", "2", i) for i in range(3)]
-    max_N = 8
+    max_N = 12  # the queue is sample-index-major: each question's first samples go out first
     a, b = servers(delay_s=0.02), servers(delay_s=0.12)  # uneven replicas: samples arrive out of order
     sampler = _http_sampler([a.url, b.url])
     live = run_live_concurrent(lambda: make_policy("bon", N=2), sampler, probs, seed_score, max_N, seed=3,

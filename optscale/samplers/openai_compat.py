@@ -9,7 +9,9 @@ sampler spreads the work over them:
   which replica served which sample, or on the order they finished in (where the server honours
   ``seed``).
 - **Bounded concurrency.** Each live replica runs ``max_in_flight_per_endpoint`` workers that
-  pull items from one shared queue, so fast replicas take more work.
+  pull items from one shared queue, so fast replicas take more work. The queue is filled
+  sample-index-major (every request's sample 0 first), so live policies see early samples of
+  every question before later samples of any are sent.
 - **Retries with backoff.** Timeouts, connection errors, HTTP 5xx and 429 put the item back on
   the shared queue (any replica may take it) and the failing worker waits ``backoff_base_s *
   2**(failures-1)`` (capped, with jitter). An item that failed ``max_retries + 1`` times fails the
@@ -345,7 +347,12 @@ class OpenAICompatSampler(Sampler):
         loop = asyncio.get_running_loop()
         run = _Run(loop=loop, keys={r.key for r in requests})
         prompts = [self.prompt_text(r) if self.api == "completions" else None for r in requests]
-        items = [_Item(i, j, derive_seed(r.seed, j), r.key) for i, r in enumerate(requests) for j in range(r.n)]
+        # Sample-index-major order (every request's sample 0, then every sample 1, ...): each
+        # question gets its first samples early, so a live policy can stop it before its later
+        # samples are dispatched. The pool's content does not depend on this order.
+        items = [_Item(i, j, derive_seed(r.seed, j), r.key)
+                 for j in range(max((r.n for r in requests), default=0))
+                 for i, r in enumerate(requests) if j < r.n]
         results: list[dict[int, Completion]] = [dict() for _ in requests]
         stats = [EndpointStats(u) for u in self.endpoints]
         self.last_stats = stats

@@ -62,7 +62,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         b: Behaviour = self.server.behaviour  # type: ignore[attr-defined]
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        if not raw:  # the client cancelled before its request body arrived (live cancellation)
+            self.close_connection = True
+            return
+        body = json.loads(raw)
         with b.lock:
             b.requests.append(body)
             n_seen = len(b.requests)

@@ -837,19 +837,29 @@ def pool_targets(pool: Any, scorer: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def transfer_evaluate(pred_moments: np.ndarray, true_moments: np.ndarray, n_labeled: int, seed: int,
-                      reps: int = 200) -> tuple[pd.DataFrame, ScaleCalibrator | None]:
+                      reps: int = 200, eligible: np.ndarray | None = None) -> tuple[pd.DataFrame, ScaleCalibrator | None]:
     """Fit :class:`ScaleCalibrator` on ``n_labeled`` seeded questions, evaluate on the rest.
 
-    Returns a table (rows: ``raw`` prediction, ``calibrated`` prediction, ``constant`` = labeled
-    questions' mean; columns from :func:`evaluate_predictions`) and the calibrator. With fewer
-    than ``n_labeled + 3`` usable questions the table is empty and the calibrator None.
+    ``eligible``: boolean mask or indices of the questions that may be labeled (e.g. the
+    evaluation's calibration split, so that a prior used on the test split never saw a test
+    question's scores); ``None``: any question. Returns a table (rows: ``raw`` prediction,
+    ``calibrated`` prediction, ``constant`` = labeled questions' mean; columns from
+    :func:`evaluate_predictions`) and the calibrator. With fewer than 2 eligible labeled
+    questions or fewer than 3 left to evaluate on, the table is empty and the calibrator None.
     """
     P, T = np.asarray(pred_moments, float), np.asarray(true_moments, float)
     ok = np.flatnonzero(np.isfinite(T).all(axis=1))
-    if len(ok) < n_labeled + 3 or n_labeled < 2:
+    if eligible is None:
+        can_label = ok
+    else:
+        e = np.asarray(eligible)
+        e = np.flatnonzero(e) if e.dtype == bool else e.astype(int)
+        can_label = np.intersect1d(ok, e)
+    perm = np.random.default_rng(seed).permutation(can_label)
+    lab = np.sort(perm[:n_labeled])
+    rest = np.setdiff1d(ok, lab)
+    if n_labeled < 2 or len(lab) < 2 or len(rest) < 3:
         return pd.DataFrame(), None
-    perm = np.random.default_rng(seed).permutation(ok)
-    lab, rest = perm[:n_labeled], perm[n_labeled:]
     cal = ScaleCalibrator().fit(P[lab], T[lab])
     rows = []
     for name, pred in (("raw", P[rest]), ("calibrated", cal.transform(P[rest])[0]),

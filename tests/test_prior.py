@@ -253,6 +253,23 @@ def test_scale_calibrator_recovers_linear_map_and_falls_back_to_constant():
     assert empty.empty and none is None
 
 
+def test_transfer_labels_only_eligible_questions():
+    """The scorer-scale calibration may be restricted to the evaluation's calibration split: a
+    map fitted on ineligible questions (here following another scale) would miss the eligible ones."""
+    rng = np.random.default_rng(2)
+    P = np.column_stack([rng.uniform(0.6, 1.0, 40), rng.uniform(0.02, 0.2, 40)])
+    T = np.column_stack([0.1 + 0.5 * P[:, 0], 0.05 + 0.5 * P[:, 1]])
+    T[20:] = np.column_stack([1.2 - 0.9 * P[20:, 0], 0.3 - P[20:, 1]])  # questions that must not be labeled
+    for eligible in (np.arange(20), np.arange(40) < 20):
+        table, cal = transfer_evaluate(P, T, n_labeled=8, seed=0, reps=20, eligible=eligible)
+        assert cal is not None and cal.n_ == 8 and not table.empty
+        assert np.abs(cal.transform(P[:20])[0] - T[:20]).max() < 0.03  # slope shrinkage: not exact
+    _, cal_any = transfer_evaluate(P, T, n_labeled=8, seed=0, reps=20)
+    assert np.abs(cal_any.transform(P[:20])[0] - T[:20]).max() > 0.08  # unrestricted labels miss: the test can fail
+    empty, none = transfer_evaluate(P, T, n_labeled=8, seed=0, eligible=np.arange(1))
+    assert empty.empty and none is None
+
+
 # -- paper-style LM backbone (tiny random Qwen2, CPU) -----------------------------------------
 @pytest.mark.slow  # importing transformers and building the model dominate (~20 s idle machine)
 def test_lm_backbone_tiny_qwen2_fit_predict_save_load(tmp_path):

@@ -226,7 +226,11 @@ def test_time_update(model: Any, tokenizer: Any, rollouts: Sequence[Rollout], st
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError:
-            method = log["method"] = "bias"  # documented fallback
+            import warnings
+
+            warnings.warn("optpo: method='lora' needs peft (a dependency of the package; pip install peft); "
+                          "falling back to the bias-only update", RuntimeWarning, stacklevel=2)
+            method = log["method"] = "bias"  # documented fallback, recorded in the log's "method"
     if method == "lora":
         cfg = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

@@ -858,7 +858,7 @@ def transfer_evaluate(pred_moments: np.ndarray, true_moments: np.ndarray, n_labe
     perm = np.random.default_rng(seed).permutation(can_label)
     lab = np.sort(perm[:n_labeled])
     rest = np.setdiff1d(ok, lab)
-    if n_labeled < 2 or len(lab) < 2 or len(rest) < 3:
+    if len(lab) < 2 or len(rest) < 3:  # len(lab) <= n_labeled, so this also covers n_labeled < 2
         return pd.DataFrame(), None
     cal = ScaleCalibrator().fit(P[lab], T[lab])
     rows = []

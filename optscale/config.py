@@ -185,7 +185,7 @@ class SystemsConfig:
     bootstrap_reps: int = 2000
     # Particle filtering (notebook 07): rollout budgets for pool curves, the live subset of them.
     particles: tuple[int, ...] = (1, 2, 4, 8, 16)
-    live_particles: tuple[int, ...] = (1, 2, 4)
+    live_particles: tuple[int, ...] = (1, 2, 4, 8, 16)
     pf_temperature: float = 0.2  # softmax(reward / T) over rewards in [0, 1]; 1.0 barely selects
     pf_max_steps: int = 12
     pf_step_tokens: int = 96  # cap per reasoning step (a step ends at a blank line)

@@ -1,8 +1,9 @@
-"""Command line for pools: ``python -m optscale.generate {pools,score,info}``.
+"""Command line for pools: ``python -m optscale.generate {pools,score,merge,info}``.
 
 ``pools`` samples (and scores) every configured benchmark, round-robin in chunks of
 ``--chunk`` questions so that every benchmark fills up evenly; it is resumable at any point.
-``score`` adds a scorer's column to existing pools. ``info`` prints what a pool holds.
+``score`` adds a scorer's column to existing pools. ``merge`` folds the checkpoint of a stopped
+``pools`` run into the Parquet files without loading a model. ``info`` prints what a pool holds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 from .config import load_config
 from .data import load_benchmark
-from .pools import generate_pool, pool_path, read_pool, score_pool
+from .pools import generate_pool, merge_checkpoint, pool_path, read_pool, score_pool
 from .samplers import get_sampler
 from .scorers import get_scorer
 
@@ -74,6 +75,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    cfg = load_config(args.profile, args.overrides)
+    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    for ds in datasets:
+        path = pool_path(cfg, ds)
+        merged = merge_checkpoint(path)
+        size = read_pool(path, allow_partial_scores=True).n_questions if path.is_file() else 0
+        print(f"{ds}: merged {merged} question(s) from the checkpoint; {path} has {size}")
+    return 0
+
+
 def cmd_info(args) -> int:
     """Per pool: size, single-sample accuracy, and at the pool's n: pass@n, Best-of-n per scorer
     and majority vote (averaged over the profile's replay orders, 95% bootstrap CI)."""
@@ -110,7 +122,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optscale.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("pools", "score", "info"):
+    for name in ("pools", "score", "merge", "info"):
         p = sub.add_parser(name)
         p.add_argument("--profile", default="cpu")
         p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
@@ -124,7 +136,7 @@ def main(argv=None) -> int:
         if name == "score":
             p.add_argument("--scorer", required=True)
     args = ap.parse_args(argv)
-    return {"pools": cmd_pools, "score": cmd_score, "info": cmd_info}[args.cmd](args)
+    return {"pools": cmd_pools, "score": cmd_score, "merge": cmd_merge, "info": cmd_info}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -254,19 +254,29 @@ def bootstrap_ci(per_question: np.ndarray, rng: np.random.Generator, reps: int =
     return float(x.mean()), float(lo), float(hi)
 
 
-def live_bon(question: str, prompt: str, sampler: Any, score_fn: ScoreFn, gold: str, n: int, max_tokens: int,
-             seed: int, reward_of: str = "mean", temperature: float = 1.0) -> dict[str, Any]:
-    """Best-of-N and weighted vote from ``n`` full samples of the live sampler, scored like the
-    filter's particles (so the comparison at equal rollouts uses the same scorer)."""
-    comps = sampler.generate([SampleRequest(prompt=prompt, n=n, max_new_tokens=max_tokens,
+def live_bon(question: str, prompt: str, sampler: Any, score_fn: ScoreFn, gold: str, ns: Sequence[int],
+             max_tokens: int, seed: int, reward_of: str = "mean", temperature: float = 1.0) -> dict[int, dict[str, Any]]:
+    """Best-of-N and weighted vote at every N in ``ns`` from one live draw of ``max(ns)`` full
+    samples, scored like the filter's particles (so the comparison at equal rollouts uses the same
+    scorer). The samples for N are the first N of that draw: nested budgets, drawn and scored once
+    (a pool's BoN curve is made the same way), instead of a fresh draw per N.
+
+    Returns ``{N: {"tokens", "best", "weighted-vote"}}``; tokens are those of the first N samples."""
+    ns = sorted({int(n) for n in ns})
+    if not ns or ns[0] < 1:
+        raise ValueError(f"live_bon: budgets must be >= 1, got {ns}")
+    comps = sampler.generate([SampleRequest(prompt=prompt, n=ns[-1], max_new_tokens=max_tokens,
                                             seed=derive_seed(seed, "pf-bon", question))])[0]
     parts = [Particle(c.text, True, tuple(s), c.n_tokens)
              for c, s in zip(comps, score_fn(question, [c.text for c in comps]))]
     rewards = np.array([aggregate_steps(p.step_scores or (0.0,), reward_of) for p in parts])
-    out = {"tokens": int(sum(c.n_tokens for c in comps))}
-    for how in ("best", "weighted-vote"):
-        ans = select_answer(parts, rewards, how, temperature)
-        out[how] = bool(is_equivalent(gold, ans)) if ans is not None else False
+    out: dict[int, dict[str, Any]] = {}
+    for n in ns:
+        row: dict[str, Any] = {"tokens": int(sum(c.n_tokens for c in comps[:n]))}
+        for how in ("best", "weighted-vote"):
+            ans = select_answer(parts[:n], rewards[:n], how, temperature)
+            row[how] = bool(is_equivalent(gold, ans)) if ans is not None else False
+        out[n] = row
     return out
 
 

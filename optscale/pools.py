@@ -329,6 +329,39 @@ def _read_checkpoint(path: Path) -> list[dict]:
     return rows
 
 
+def _merge_checkpoint_rows(path: Path, ckpt: Path, base_df: pd.DataFrame | None, meta: dict) -> pd.DataFrame | None:
+    """Append the checkpoint's complete questions to ``base_df``, write the pool (validated), then
+    delete the checkpoint. Returns the merged frame (``base_df`` when the checkpoint is empty)."""
+    rows = _read_checkpoint(ckpt)
+    if not rows:
+        return base_df
+    parts = ([base_df] if base_df is not None else []) + [pd.DataFrame(rows)]
+    df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_pool(df, meta, path, allow_partial_scores=True)
+    ckpt.unlink(missing_ok=True)
+    return df
+
+
+def merge_checkpoint(path: str | os.PathLike) -> int:
+    """Merge the checkpoint a stopped ``generate_pool`` left beside ``path`` into the pool, without
+    loading a model (``generate_pool`` does the same first thing when it resumes). Returns the
+    number of questions merged. The pool itself must exist: its metadata (generator, scorers) is
+    written by the run that created it."""
+    path = Path(path)
+    ckpt = path.with_suffix(".checkpoint.jsonl")
+    rows = _read_checkpoint(ckpt)
+    if not rows:
+        return 0
+    if not path.is_file():
+        raise PoolError(f"{ckpt}: no pool at {path} to merge into; rerun `python -m optscale.generate pools`, "
+                        "which merges the checkpoint when it starts")
+    existing = read_pool(path, allow_partial_scores=True)
+    before = existing.n_questions
+    merged = _merge_checkpoint_rows(path, ckpt, existing.df, dict(existing.meta))
+    return int(merged["question_id"].nunique()) - before
+
+
 def _git_hash() -> str | None:
     from .provenance import git_hash
 
@@ -387,15 +420,7 @@ def generate_pool(
 
     def flush() -> None:
         nonlocal base_df
-        rows = _read_checkpoint(ckpt)
-        if not rows:
-            return
-        parts = ([base_df] if base_df is not None else []) + [pd.DataFrame(rows)]
-        df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
-        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_pool(df, meta, path, allow_partial_scores=True)
-        ckpt.unlink(missing_ok=True)
-        base_df = df
+        base_df = _merge_checkpoint_rows(path, ckpt, base_df, meta)
 
     flush()  # a checkpoint left by a killed run is merged first
     since = 0

@@ -130,6 +130,34 @@ def test_select_answer():
         pf.select_answer(parts, np.zeros(4), "vote")
 
 
+class FixedDrawSampler:
+    """Full samples answering 3, 7, 7, 5 (in that order) whatever the request; counts requests."""
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        texts = ["\\boxed{3}", "\\boxed{7}", "\\boxed{7}", "\\boxed{5}"]
+        return [[Completion(text=texts[k % 4], n_tokens=10 + k, finish_reason="stop", seed=k) for k in range(r.n)]
+                for r in requests]
+
+
+def test_live_bon_draws_once_and_nests_budgets():
+    scores = {"\\boxed{3}": 0.9, "\\boxed{7}": 0.6, "\\boxed{5}": 0.1}
+    score_fn = lambda q, texts: [(scores[t],) for t in texts]  # noqa: E731
+    s = FixedDrawSampler()
+    out = pf.live_bon("q", "p", s, score_fn, gold="7", ns=[4, 1, 2], max_tokens=50, seed=0, temperature=1.0)
+    assert len(s.requests) == 1 and s.requests[0].n == 4  # one draw at the largest budget
+    assert sorted(out) == [1, 2, 4]
+    assert [out[n]["tokens"] for n in (1, 2, 4)] == [10, 21, 46]  # tokens of the first N samples
+    assert [out[n]["best"] for n in (1, 2, 4)] == [False, False, False]  # 3 has the best score
+    # weighted vote, weights exp(score): N=2 -> 3 (e^0.9) beats 7 (e^0.6); N=4 -> 7 (2 e^0.6) beats 3
+    assert [out[n]["weighted-vote"] for n in (1, 2, 4)] == [False, False, True]
+    with pytest.raises(ValueError):
+        pf.live_bon("q", "p", s, score_fn, gold="7", ns=[0], max_tokens=5, seed=0)
+
+
 def test_pool_baselines_by_hand():
     # 1 question, 3 samples, identity order only
     scores = np.array([[0.9, 0.2, 0.3]])

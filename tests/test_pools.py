@@ -15,7 +15,8 @@ import pytest
 
 from optscale.config import RunConfig, load_config
 from optscale.data import Problem
-from optscale.pools import (PoolError, generate_pool, read_pool, replay_orders, subsample, write_pool)
+from optscale.pools import (PoolError, generate_pool, merge_checkpoint, read_pool, replay_orders, subsample,
+                            write_pool)
 from optscale.samplers.fake import FAKE_GOLD, FakeSampler
 from optscale.scorers import get_scorer
 
@@ -92,6 +93,42 @@ KILL_SCRIPT = textwrap.dedent("""
     probs = [Problem("gsm8k", f"q{{i}}", f"What is {{i}}+1?", "42", i) for i in range(30)]
     generate_pool(cfg, "gsm8k", probs, FakeSampler(cfg.sampling, delay_s={delay}), flush_every=3, progress=False)
 """)
+
+
+class DyingSampler(FakeSampler):
+    """Raises (as a dead backend would) once ``die_after`` questions have been sampled."""
+
+    def __init__(self, config, die_after):
+        super().__init__(config)
+        self.die_after = die_after
+
+    def generate(self, requests):
+        if len(self.calls) >= self.die_after:
+            raise RuntimeError("backend died")
+        return super().generate(requests)
+
+
+def test_merge_checkpoint_without_a_model(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = tmp_path / "fake" / "gsm8k.parquet"
+    ckpt = path.with_suffix(".checkpoint.jsonl")
+    with pytest.raises(RuntimeError, match="died"):
+        generate_pool(cfg, "gsm8k", _problems(6), DyingSampler(cfg.sampling, 4), flush_every=3, progress=False)
+    assert read_pool(path).n_questions == 3 and ckpt.is_file()  # q3 is only in the checkpoint
+    assert merge_checkpoint(path) == 1
+    assert read_pool(path).n_questions == 4 and not ckpt.exists()
+    assert merge_checkpoint(path) == 0  # nothing left to merge
+    # resuming after the merge gives the same pool as an uninterrupted run
+    generate_pool(cfg, "gsm8k", _problems(6), FakeSampler(cfg.sampling), progress=False)
+    clean = _cfg(tmp_path / "clean")
+    full = generate_pool(clean, "gsm8k", _problems(6), FakeSampler(clean.sampling), progress=False)
+    pd.testing.assert_frame_equal(read_pool(path).df, read_pool(full).df)
+    # a checkpoint with no pool to merge into is an error naming both files
+    orphan = tmp_path / "orphan" / "gsm8k.parquet"
+    orphan.parent.mkdir()
+    orphan.with_suffix(".checkpoint.jsonl").write_text('{"question_id": "q0", "rows": [{"question_id": "q0"}]}\n')
+    with pytest.raises(PoolError, match="no pool at .*orphan"):
+        merge_checkpoint(orphan)
 
 
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):

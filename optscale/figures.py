@@ -19,7 +19,7 @@ def plot_pareto(summary: pd.DataFrame, curves: pd.DataFrame, title: str = "", ax
 
     ``summary``: rows of :attr:`Evaluation.summary` for one dataset; ``curves``:
     :func:`optscale.evaluation.curve_table` for the same dataset."""
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.2, 4.2))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.4, 4.2))
     styles = {"bon": ("BoN curve (N=1..max)", "-", "0.35"), "oracle": ("oracle frontier", "--", "0.6")}
     for name, g in curves.groupby("curve"):
         g = g.sort_values("N")
@@ -38,7 +38,8 @@ def plot_pareto(summary: pd.DataFrame, curves: pd.DataFrame, title: str = "", ax
     ax.set_xlabel("mean tokens per question")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=6.5, ncol=2, loc="lower right", frameon=True)
+    # outside the axes, so that no point or CI bar is hidden behind it
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -98,13 +98,15 @@ def fixed_n_curves(pool: Pool, scorer: str, orders: np.ndarray, ns: Sequence[int
 
 def scorer_auroc(pool: Pool, scorer: str) -> float:
     """AUROC of a scorer's sample score for separating correct from wrong samples (NaN when
-    the pool has only one class)."""
+    the scored samples have only one class). Samples not scored yet (NaN) are left out."""
     from sklearn.metrics import roc_auc_score
 
-    y = pool.df["correct"].to_numpy(bool)
+    score = pool.df[f"score__{scorer}"].to_numpy(float)
+    scored = ~np.isnan(score)
+    y = pool.df["correct"].to_numpy(bool)[scored]
     if y.all() or not y.any():
         return float("nan")
-    return float(roc_auc_score(y, pool.df[f"score__{scorer}"].to_numpy(float)))
+    return float(roc_auc_score(y, score[scored]))
 
 
 def pool_summary(pools: dict[str, Pool]) -> pd.DataFrame:
@@ -127,3 +129,45 @@ def pool_summary(pools: dict[str, Pool]) -> pd.DataFrame:
             row[f"auroc_{sc}"] = scorer_auroc(pool, sc)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def pool_status(pool: Pool, orders: np.ndarray, reps: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """One pool at its full size n, as a flat record: the :func:`pool_summary` row plus majority@n
+    and, for every fully scored scorer, Best-of-n and weighted majority@n (mean over ``orders``,
+    bootstrap CI over questions). Scorers with missing scores are listed in ``incomplete``."""
+    n = pool.n_per_question
+    row = pool_summary({pool.dataset: pool}).iloc[0].to_dict()
+    row["incomplete"] = [sc for sc in pool.scorers if pool.df[f"score__{sc}"].isna().any()]
+    complete = [sc for sc in pool.scorers if sc not in row["incomplete"]]
+    maj = majority_correct(answer_labels(pool), pool.correct(), orders, n).mean(0)
+    row["majority"], row["majority_lo"], row["majority_hi"] = bootstrap_mean_ci(maj, reps, seed, level)
+    for sc in complete:
+        c = fixed_n_curves(pool, sc, orders, [n], reps=reps, seed=seed, level=level).set_index("method")
+        for method in ("best-of-n", "weighted-majority"):
+            key = f"{method}__{sc}"
+            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = c.loc[method, ["accuracy", "ci_low", "ci_high"]]
+    return row
+
+
+def _ci(row: dict, key: str) -> str:
+    if key not in row:
+        return "–"
+    m, lo, hi = row[key], row[f"{key}_lo"], row[f"{key}_hi"]
+    return f"{m:.3f}" if lo == hi == m else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def pool_status_markdown(rows: Sequence[dict], scorer: str, judge: str | None = None) -> str:
+    """The pool status table of ``data/pools/README.md``: size, single-sample accuracy, pass@n,
+    BoN@n by ``scorer``, majority@n (with CIs), AUROC of ``scorer`` (and ``judge``), mean tokens,
+    truncation rate."""
+    auc_head = f"AUROC {scorer}" + (f" / {judge}" if judge else "")
+    lines = [f"| benchmark | questions x samples | single-sample acc. | pass@n | BoN@n by {scorer} | majority@n "
+             f"| {auc_head} | mean tokens | truncated |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = int(r["samples_per_question"])
+        aucs = [r.get(f"auroc_{s}", float("nan")) for s in (scorer, judge) if s]
+        auc = "–" if all(np.isnan(a) for a in aucs) else " / ".join(f"{a:.3f}" for a in aucs)
+        lines.append(f"| {r['dataset']} | {int(r['questions'])} x {n} | {r['single_sample_accuracy']:.3f} "
+                     f"| {r[f'pass@{n}']:.3f} | {_ci(r, f'best-of-n__{scorer}')} | {_ci(r, 'majority')} | {auc} "
+                     f"| {r['mean_tokens']:.0f} | {r['truncated_rate']:.2f} |")
+    return "\n".join(lines)

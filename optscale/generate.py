@@ -87,34 +87,45 @@ def cmd_merge(args) -> int:
 
 
 def cmd_info(args) -> int:
-    """Per pool: size, single-sample accuracy, and at the pool's n: pass@n, Best-of-n per scorer
-    and majority vote (averaged over the profile's replay orders, 95% bootstrap CI)."""
-    from .curves import fixed_n_curves, pool_summary
+    """Per pool: size, single-sample accuracy, and at the pool's n: pass@n, Best-of-n and
+    weighted majority per scorer and majority vote (averaged over the profile's replay orders,
+    95% bootstrap CI over questions). ``--format markdown`` prints the status table of
+    ``data/pools/README.md``; ``csv`` every field."""
+    import pandas as pd
+
+    from .curves import pool_status, pool_status_markdown
     from .pools import replay_orders
 
     cfg = load_config(args.profile, args.overrides)
-    for ds in cfg.data.benchmarks:
+    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    rows = []
+    for ds in datasets:
         path = pool_path(cfg, ds)
         if not path.is_file():
-            print(f"{ds}: no pool at {path}")
+            print(f"{ds}: no pool at {path}", file=sys.stderr)
             continue
         pool = read_pool(path, allow_partial_scores=True)
-        n = pool.n_per_question
-        s = pool_summary({ds: pool}).iloc[0]
-        print(f"{pool.describe()}\n  single-sample accuracy {s.single_sample_accuracy:.3f}, pass@{n} "
-              f"{s[f'pass@{n}']:.3f}, mean tokens {s.mean_tokens:.0f}, truncated {s.truncated_rate:.2f}")
-        orders = replay_orders(pool.n_questions, n, cfg.pools.replay_orders, cfg.pools.replay_seed)
-        for sc in pool.scorers:
-            if pool.df[f"score__{sc}"].isna().any():
-                print(f"  {sc}: scores incomplete, skipped")
-                continue
-            c = fixed_n_curves(pool, sc, orders, [n], reps=cfg.evaluation.bootstrap_reps, seed=cfg.evaluation.seed)
-            for r in c.itertuples():
-                if r.method == "majority" and sc != pool.scorers[0]:
+        orders = replay_orders(pool.n_questions, pool.n_per_question, cfg.pools.replay_orders, cfg.pools.replay_seed)
+        r = pool_status(pool, orders, reps=cfg.evaluation.bootstrap_reps, seed=cfg.evaluation.seed)
+        rows.append(r)
+        if args.format == "text":
+            n = pool.n_per_question
+            print(f"{pool.describe()}\n  single-sample accuracy {r['single_sample_accuracy']:.3f}, pass@{n} "
+                  f"{r[f'pass@{n}']:.3f}, mean tokens {r['mean_tokens']:.0f}, truncated {r['truncated_rate']:.2f}")
+            print(f"  majority@{n}: {r['majority']:.3f} [{r['majority_lo']:.3f}, {r['majority_hi']:.3f}]")
+            for sc in pool.scorers:
+                if sc in r["incomplete"]:
+                    print(f"  {sc}: scores incomplete, skipped")
                     continue
-                label = f"{r.method}@{n}" + (f" by {sc}" if r.method != "majority" else "")
-                print(f"  {label}: {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], AUROC {sc} {s[f'auroc_{sc}']:.3f}"
-                      if r.method == "best-of-n" else f"  {label}: {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]")
+                for method in ("best-of-n", "weighted-majority"):
+                    k = f"{method}__{sc}"
+                    print(f"  {method}@{n} by {sc}: {r[k]:.3f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]")
+                print(f"  AUROC {sc}: {r[f'auroc_{sc}']:.3f}")
+    if args.format == "markdown":
+        others = [sc for sc in cfg.scoring.scorers if sc != cfg.scoring.primary]
+        print(pool_status_markdown(rows, cfg.scoring.primary, others[0] if others else None))
+    elif args.format == "csv":
+        print(pd.DataFrame(rows).drop(columns="incomplete").to_csv(index=False), end="")
     return 0
 
 
@@ -135,6 +146,8 @@ def main(argv=None) -> int:
             p.add_argument("--hours", type=float, default=0, help="stop after this many hours (0 = run to the end)")
         if name == "score":
             p.add_argument("--scorer", required=True)
+        if name == "info":
+            p.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = ap.parse_args(argv)
     return {"pools": cmd_pools, "score": cmd_score, "merge": cmd_merge, "info": cmd_info}[args.cmd](args)
 

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optscale.curves import bon_correct, bootstrap_mean_ci, fixed_n_curves, majority_correct, pool_summary
+from optscale.curves import (bon_correct, bootstrap_mean_ci, fixed_n_curves, majority_correct, pool_status,
+                             pool_status_markdown, pool_summary)
 from optscale.pools import Pool, replay_orders
 
 
@@ -59,3 +60,21 @@ def test_fixed_n_curves_and_summary():
     assert df[df.N == 4].mean_tokens.iloc[0] == pytest.approx(4 * 11.5)
     s = pool_summary({"toy": pool}).iloc[0]
     assert s.single_sample_accuracy == 0.25 and s["pass@4"] == 1.0 and s.auroc_oracle == 1.0
+
+
+def test_pool_status_record_and_markdown():
+    pool = _toy_pool()
+    orders = replay_orders(4, 4, 50, seed=0)
+    r = pool_status(pool, orders, reps=200)
+    assert r["questions"] == 4 and r["samples_per_question"] == 4 and r["incomplete"] == []
+    assert r["best-of-n__oracle"] == r["best-of-n__oracle_lo"] == 1.0  # perfect scorer, one correct each
+    curves = fixed_n_curves(pool, "oracle", orders, [4], reps=200).set_index("method")
+    assert r["majority"] == curves.loc["majority", "accuracy"]  # a 4-way tie on each question: ~1/4 right
+    assert r["majority"] == pytest.approx(0.25, abs=0.1)
+    md = pool_status_markdown([r], "oracle").splitlines()
+    assert md[0].startswith("| benchmark |") and "BoN@n by oracle" in md[0] and len(md) == 3
+    assert md[2] == "| toy | 4 x 4 | 0.250 | 1.000 | 1.000 | " + md[2].split(" | ")[5] + " | 1.000 | 12 | 0.00 |"
+    pool.df.loc[0, "score__oracle"] = np.nan
+    r = pool_status(pool, orders, reps=200)
+    assert r["incomplete"] == ["oracle"] and "best-of-n__oracle" not in r
+    assert "| – |" in pool_status_markdown([r], "oracle")

@@ -43,7 +43,7 @@ def cmd_pools(args) -> int:
     sampler = get_sampler(cfg.sampling.backend, cfg.sampling)
     scorers = build_scorers(cfg, sampler, args.online.split(",") if args.online else [])
     problems = {ds: _problems(cfg, ds) for ds in datasets}
-    t0 = time.time()
+    deadline = time.time() + args.hours * 3600 if args.hours else None
     while True:
         progressed = False
         for ds in datasets:
@@ -52,9 +52,9 @@ def cmd_pools(args) -> int:
             if before >= len(problems[ds]):
                 continue
             generate_pool(cfg, ds, problems[ds], sampler, scorers, max_questions=args.chunk,
-                          flush_every=args.flush_every)
+                          flush_every=args.flush_every, deadline=deadline)
             progressed = True
-            if args.hours and time.time() - t0 > args.hours * 3600:
+            if deadline is not None and time.time() >= deadline:
                 print(f"stopping after {args.hours} h; rerun the same command to continue", file=sys.stderr)
                 return 0
         if not progressed:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             p.add_argument("--flush-every", type=int, default=4)
             p.add_argument("--online", default="self-certainty",
                            help="scorers to run while sampling (others: `score` afterwards)")
-            p.add_argument("--hours", type=float, default=0, help="stop after this many hours (0 = run to the end)")
+            p.add_argument("--hours", type=float, default=0, help="start no new question after this many hours (0 = run to the end)")
         if name == "score":
             p.add_argument("--scorer", required=True)
         if name == "info":

@@ -379,12 +379,15 @@ def generate_pool(
     progress: bool = True,
     max_questions: int | None = None,
     on_question: Callable[[Problem], None] | None = None,
+    deadline: float | None = None,
 ) -> Path:
     """Sample ``n_samples[dataset]`` completions for every problem not yet in the pool, grade
     and score them, checkpoint after each question, merge into Parquet every ``flush_every``
     questions and at the end. Returns the pool path. Safe to kill and rerun.
 
-    ``max_questions`` stops after that many new questions (for interleaving benchmarks).
+    ``max_questions`` stops after that many new questions (for interleaving benchmarks);
+    ``deadline`` (a ``time.time()`` value) starts no new question after it, so a time-boxed run
+    overshoots by at most the question in flight.
     """
     from tqdm.auto import tqdm
 
@@ -427,6 +430,8 @@ def generate_pool(
     bar = tqdm(todo, desc=f"{dataset} pool", disable=not progress)
     for p in bar:
         t0 = time.time()
+        if deadline is not None and t0 >= deadline:
+            break
         req = SampleRequest(
             prompt=load_prompt_template(s.prompt_template).replace("{question}", p.question).strip(),
             n=n, max_new_tokens=cap, seed=derive_seed(s.seed, dataset, p.id), key=f"{dataset}/{p.id}",

@@ -75,6 +75,28 @@ def test_resume_skips_done_questions(tmp_path):
     assert read_pool(tmp_path / "fake" / "gsm8k.parquet").n_questions == 6
 
 
+def test_deadline_starts_no_new_question(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    sampler = FakeSampler(cfg.sampling)
+    generate_pool(cfg, "gsm8k", _problems(6), sampler, progress=False, deadline=time.time() - 1)
+    assert len(sampler.calls) == 0
+    # a clock that jumps past the deadline while the second question is sampled: that question
+    # is finished and kept, the third is not started
+    now = [1000.0]
+
+    def clock():
+        now[0] += 1e-3
+        return now[0]
+
+    def on_question(p):
+        if p.id == _problems(6)[1].id:
+            now[0] += 1000
+
+    monkeypatch.setattr(time, "time", clock)
+    generate_pool(cfg, "gsm8k", _problems(6), sampler, progress=False, deadline=1500.0, on_question=on_question)
+    assert len(sampler.calls) == 2 and read_pool(tmp_path / "fake" / "gsm8k.parquet").n_questions == 2
+
+
 def test_mismatched_setting_is_refused(tmp_path):
     cfg, path = _make_pool(tmp_path)
     other = cfg.replace({"sampling.n_samples.gsm8k": 8})

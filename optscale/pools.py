@@ -149,7 +149,13 @@ class Pool:
         return self.matrix("n_tokens", n).astype(float)
 
     def answers(self, n: int | None = None) -> np.ndarray:
-        return self.matrix("answer", n)
+        """(questions x n) object array of extracted answers; a missing answer is ``None``
+        (pandas' string dtype stores it as NaN, which is not an answer)."""
+        key = f"answer_objects@{n or self.n_per_question}"
+        if key not in self._cache:
+            vals = self.matrix("answer", n)
+            self._cache[key] = np.array([[None if pd.isna(a) else str(a) for a in row] for row in vals], dtype=object)
+        return self._cache[key]
 
     def fully_scored(self) -> "Pool":
         """The questions whose every sample has every score (a pool being scored may be partial)."""

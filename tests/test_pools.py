@@ -277,3 +277,23 @@ def test_pool_head_and_matrix(tmp_path):
     h = pool.head(2)
     assert h.n_questions == 2 and h.correct().shape == (2, 4)
     assert pool.tokens().dtype == float and (pool.tokens() > 0).all()
+
+
+def test_missing_answer_reads_back_as_none_and_votes_as_no_answer(tmp_path):
+    # A sample with no extractable answer is stored as null; pandas' string dtype reads it back
+    # as NaN. The pool must hand it out as None so voting treats it as "no answer".
+    from optscale.curves import answer_labels
+
+    cfg, path = _make_pool(tmp_path)
+    pool = read_pool(path)
+    df = pool.df.copy()
+    mask = (df["question_id"] == "q1") & (df["sample_index"] == 2)
+    df.loc[mask, "answer"] = None
+    df.loc[mask, "correct"] = False
+    write_pool(df, pool.meta, tmp_path / "missing.parquet")
+    again = read_pool(tmp_path / "missing.parquet")
+    answers = again.answers()
+    assert answers[1, 2] is None
+    assert all(isinstance(a, str) for i, row in enumerate(answers) for j, a in enumerate(row) if (i, j) != (1, 2))
+    labels = answer_labels(again)
+    assert labels[1, 2] == -1 and (np.delete(labels[1], 2) >= 0).all()

@@ -118,7 +118,7 @@ def answer_classes(answers: Sequence[str | None]) -> list[int]:
     reps: list[tuple[int, str]] = []
     labels: list[int] = []
     for i, a in enumerate(answers):
-        if a is None or (isinstance(a, float) and a != a) or not str(a).strip():
+        if a is None or not str(a).strip():
             labels.append(-1)
             continue
         for j, rep in reps:

@@ -135,7 +135,10 @@ class Pool:
         key = f"{column}@{n}"
         if key not in self._cache:
             df = self.df[self.df["sample_index"] < n].sort_values(["question_index", "sample_index"], kind="stable")
-            vals = df[column].to_numpy()
+            col = df[column]
+            # text columns come out as objects with None for a missing value (pandas' string
+            # dtype stores it as NaN, which voting would take for an answer)
+            vals = col.to_numpy(dtype=object, na_value=None) if pd.api.types.is_string_dtype(col) else col.to_numpy()
             self._cache[key] = vals.reshape(-1, n)
         return self._cache[key]
 
@@ -149,13 +152,8 @@ class Pool:
         return self.matrix("n_tokens", n).astype(float)
 
     def answers(self, n: int | None = None) -> np.ndarray:
-        """(questions x n) object array of extracted answers; a missing answer is ``None``
-        (pandas' string dtype stores it as NaN, which is not an answer)."""
-        key = f"answer_objects@{n or self.n_per_question}"
-        if key not in self._cache:
-            vals = self.matrix("answer", n)
-            self._cache[key] = np.array([[None if pd.isna(a) else str(a) for a in row] for row in vals], dtype=object)
-        return self._cache[key]
+        """(questions x n) object array of extracted answers; a missing answer is ``None``."""
+        return self.matrix("answer", n)
 
     def fully_scored(self) -> "Pool":
         """The questions whose every sample has every score (a pool being scored may be partial)."""

@@ -14,8 +14,9 @@ __all__ = ["setup_notebook"]
 def setup_notebook(profile: str, run_dir: str, overrides: str = "", notebook: str = "",
                    extra: dict[str, Any] | None = None) -> tuple[RunConfig, Path]:
     """Load and validate the config (unknown keys raise, unlike papermill's own warning),
-    create ``run_dir`` with figures/ and tables/, record this notebook in the run manifest,
-    apply the plotting style, and return ``(config, run_dir)``."""
+    create ``run_dir`` with figures/ and tables/, record this notebook and the checksums of the
+    config's pool files in the run manifest, apply the plotting style, and return
+    ``(config, run_dir)``."""
     import matplotlib
 
     matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
@@ -27,6 +28,9 @@ def setup_notebook(profile: str, run_dir: str, overrides: str = "", notebook: st
         run = PROJECT_ROOT / run
     for sub in ("figures", "tables"):
         (run / sub).mkdir(parents=True, exist_ok=True)
-    write_manifest(cfg, run, extra={notebook or "notebook": {"profile": profile, "overrides": overrides}})
+    from .pools import pool_path
+
+    write_manifest(cfg, run, extra={notebook or "notebook": {"profile": profile, "overrides": overrides}},
+                   pools=[pool_path(cfg, name) for name in cfg.data.benchmarks])
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
     return cfg, run

@@ -68,10 +68,10 @@ def write_manifest(config: RunConfig, run_dir: str | Path, extra: dict[str, Any]
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     pool_sums = manifest.setdefault("pools", {})
-    for p in pools:
+    for p in pools:  # sha256 of each pool file; None records a pool that is not there
         p = Path(p)
-        if p.is_file():
-            pool_sums[str(p.relative_to(PROJECT_ROOT) if p.is_relative_to(PROJECT_ROOT) else p)] = file_sha256(p)
+        key = str(p.relative_to(PROJECT_ROOT) if p.is_relative_to(PROJECT_ROOT) else p)
+        pool_sums[key] = file_sha256(p) if p.is_file() else None
     if extra:
         manifest.setdefault("notebooks", {}).update(extra)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))

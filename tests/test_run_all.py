@@ -62,3 +62,28 @@ def test_bad_profile_and_override_are_refused(workbook):
     r = _run(workbook, "--profile", "smoke", "--overrides", "sampling.sed=1")
     assert r.returncode != 0 and "unknown config key 'sampling.sed'" in r.stderr
     assert not (workbook / "outputs").exists() or not any((workbook / "outputs").iterdir())
+
+
+def test_notebook_setup_records_config_seeds_and_pool_checksums(tmp_path):
+    """Every notebook's setup writes the manifest: config, git hash, packages, seeds and the
+    sha256 of each pool file it reads (None for a pool that is not there)."""
+    import json
+
+    from optscale.config import load_config
+    from optscale.notebook import setup_notebook
+    from optscale.pools import pool_path
+    from optscale.provenance import file_sha256
+
+    cfg, run = setup_notebook("smoke", str(tmp_path / "run"), "pools.replay_orders=3", notebook="00_x")
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["config"]["pools"]["replay_orders"] == 3 and m["seeds"]["replay"] == cfg.pools.replay_seed
+    assert m["notebooks"]["00_x"] == {"profile": "smoke", "overrides": "pools.replay_orders=3"}
+    assert m["packages"]["numpy"] and m["git_hash"]
+    expected = {str(pool_path(cfg, d).relative_to(ROOT)): file_sha256(pool_path(cfg, d)) for d in cfg.data.benchmarks}
+    assert m["pools"] == expected and all(expected.values())
+
+    missing = load_config("smoke", {"pools.pool_name": "not-generated"})
+    setup_notebook("smoke", str(tmp_path / "run2"), "pools.pool_name=not-generated", notebook="00_x")
+    m2 = json.loads((tmp_path / "run2" / "manifest.json").read_text())
+    assert set(m2["pools"]) == {str(pool_path(missing, d).relative_to(ROOT)) for d in missing.data.benchmarks}
+    assert all(v is None for v in m2["pools"].values())

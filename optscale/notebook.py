@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROJECT_ROOT, RunConfig, load_config
+from .pools import pool_path
 from .provenance import write_manifest
 
 __all__ = ["setup_notebook"]
@@ -28,8 +29,6 @@ def setup_notebook(profile: str, run_dir: str, overrides: str = "", notebook: st
         run = PROJECT_ROOT / run
     for sub in ("figures", "tables"):
         (run / sub).mkdir(parents=True, exist_ok=True)
-    from .pools import pool_path
-
     write_manifest(cfg, run, extra={notebook or "notebook": {"profile": profile, "overrides": overrides}},
                    pools=[pool_path(cfg, name) for name in cfg.data.benchmarks])
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")

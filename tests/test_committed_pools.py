@@ -4,8 +4,9 @@ These check the artifacts every notebook reads: a pool that lost questions, was 
 another setting, or was graded by an older grader fails here, naming the benchmark and question.
 """
 
+from functools import cache
+
 import numpy as np
-import pandas as pd
 import pytest
 
 from optscale.config import BENCHMARKS, load_config
@@ -19,9 +20,15 @@ def cpu_config():
     return load_config("cpu")
 
 
+@cache
+def committed_pool(name):
+    """Each committed pool, read (and validated) once for this module's tests."""
+    return read_pool(pool_path(load_config("cpu"), name))
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_committed_pool_has_every_target_question_and_sample(name, cpu_config, data_dir):
-    pool = read_pool(pool_path(cpu_config, name))  # validates schema and values
+    pool = committed_pool(name)
     limit = cpu_config.data.max_questions[name] or None
     problems = load_benchmark(name, data_dir, limit=limit)
     n = cpu_config.sampling.n_samples[name]
@@ -49,15 +56,16 @@ def test_committed_pool_has_every_target_question_and_sample(name, cpu_config, d
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
-def test_committed_pool_regrades_the_same(name, cpu_config):
+def test_committed_pool_regrades_the_same(name):
     """The stored answer and correctness are what today's extraction + math-verify give."""
-    df = read_pool(pool_path(cpu_config, name)).df
+    pool = committed_pool(name)
+    stored = zip(pool.matrix("question_id").ravel(), pool.matrix("sample_index").ravel(), pool.matrix("gold").ravel(),
+                 pool.matrix("text").ravel(), pool.answers().ravel(), pool.correct().ravel())
     mismatches = []
-    for row in df.itertuples(index=False):
-        answer, correct = grade(row.gold, row.text)
-        stored = None if pd.isna(row.answer) else row.answer  # a missing answer is stored as null
-        if answer != stored or correct != row.correct:
-            mismatches.append((row.question_id, row.sample_index, stored, answer, row.correct, correct))
+    for qid, k, gold, text, answer, correct in stored:
+        new_answer, new_correct = grade(gold, text)
+        if new_answer != answer or new_correct != correct:
+            mismatches.append((qid, k, answer, new_answer, correct, new_correct))
     assert not mismatches, (
         f"{name}: {len(mismatches)} samples regrade differently "
         f"(question, sample, stored answer, new answer, stored correct, new correct): {mismatches[:5]}")

@@ -69,7 +69,6 @@ def test_notebook_setup_records_config_seeds_and_pool_checksums(tmp_path):
     sha256 of each pool file it reads (None for a pool that is not there)."""
     import json
 
-    from optscale.config import load_config
     from optscale.notebook import setup_notebook
     from optscale.pools import pool_path
     from optscale.provenance import file_sha256
@@ -82,8 +81,7 @@ def test_notebook_setup_records_config_seeds_and_pool_checksums(tmp_path):
     expected = {str(pool_path(cfg, d).relative_to(ROOT)): file_sha256(pool_path(cfg, d)) for d in cfg.data.benchmarks}
     assert m["pools"] == expected and all(expected.values())
 
-    missing = load_config("smoke", {"pools.pool_name": "not-generated"})
-    setup_notebook("smoke", str(tmp_path / "run2"), "pools.pool_name=not-generated", notebook="00_x")
-    m2 = json.loads((tmp_path / "run2" / "manifest.json").read_text())
+    missing, run2 = setup_notebook("smoke", str(tmp_path / "run2"), "pools.pool_name=not-generated", notebook="00_x")
+    m2 = json.loads((run2 / "manifest.json").read_text())
     assert set(m2["pools"]) == {str(pool_path(missing, d).relative_to(ROOT)) for d in missing.data.benchmarks}
     assert all(v is None for v in m2["pools"].values())

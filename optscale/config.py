@@ -162,7 +162,18 @@ class PredictorConfig:
 class EvaluationConfig:
     policies: tuple[str, ...] = ()  # empty = every policy of optscale.evaluation.DEFAULT_POLICIES
     max_N: int = 16  # sample budget per question (capped at the pool's n)
-    calibration_fraction: float = 0.5  # questions used for tuning; the rest are reported
+    # crossfit: tune on half A / report on half B, then swap (every question reported once);
+    # calibrated: one calibration split (calibration_fraction), reported on the rest.
+    protocol: str = "crossfit"
+    calibration_fraction: float = 0.5  # questions used for tuning; the rest are reported (calibrated)
+    # Non-inferiority to BoN@max_N: one-sided noninferiority_level lower bound of the paired
+    # accuracy difference above -noninferiority_margin.
+    noninferiority_margin: float = 0.02
+    noninferiority_level: float = 0.95
+    # Pool sets (directories under pools.pool_dir) of the verifier-AUROC figure; empty = every
+    # pool set there. A listed one that does not exist is skipped with a note.
+    auroc_pool_sets: tuple[str, ...] = ()
+    auroc_policy: str = "optscale-0"  # the OptScale variant of the verifier-AUROC figure
     split_seed: int = 0
     orders: int = 20  # seeded random sample orders per test question (replay)
     tune_orders: int = 4  # orders per calibration question during the grid search
@@ -288,6 +299,12 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"scoring.aggregation={cfg.scoring.aggregation!r}: use mean|min|last|prod")
     if not 0.0 < cfg.evaluation.calibration_fraction < 1.0:
         raise ConfigError("evaluation.calibration_fraction must be in (0, 1)")
+    if cfg.evaluation.protocol not in ("crossfit", "calibrated"):
+        raise ConfigError(f"evaluation.protocol={cfg.evaluation.protocol!r}: use crossfit|calibrated")
+    if not isinstance(cfg.evaluation.noninferiority_level, float) or not 0.5 <= cfg.evaluation.noninferiority_level < 1.0:
+        raise ConfigError(f"evaluation.noninferiority_level={cfg.evaluation.noninferiority_level!r} outside [0.5, 1)")
+    if not isinstance(cfg.evaluation.noninferiority_margin, float) or not 0.0 <= cfg.evaluation.noninferiority_margin < 1.0:
+        raise ConfigError(f"evaluation.noninferiority_margin={cfg.evaluation.noninferiority_margin!r} outside [0, 1)")
     if not 0.0 < cfg.predictor.test_fraction < 1.0:
         raise ConfigError("predictor.test_fraction must be in (0, 1)")
     lo, hi = cfg.fit.mu_bounds

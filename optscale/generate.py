@@ -87,13 +87,16 @@ def cmd_merge(args) -> int:
 
 
 def cmd_info(args) -> int:
-    """Per pool: size, single-sample accuracy, and at the pool's n: pass@n, Best-of-n and
-    weighted majority per scorer and majority vote (averaged over the profile's replay orders,
-    95% bootstrap CI over questions). ``--format markdown`` prints the status table of
-    ``data/pools/README.md``; ``csv`` every field."""
+    """Per pool: size, single-sample accuracy, truncation rate, majority@n; for every scorer
+    the AUROC pooled over all samples and within questions (mean over the questions that have a
+    correct and a wrong sample, with a 95% bootstrap CI and their number), Best-of-n and
+    Best-of-n minus single-sample accuracy (averaged over the profile's replay orders, 95%
+    bootstrap CI over questions); and the same AUROCs for the token count alone (a shorter
+    sample predicted correct), the baseline a verifier must beat. ``--format markdown`` prints
+    the status table of ``data/pools/README.md`` (every scorer); ``csv`` every field."""
     import pandas as pd
 
-    from .curves import pool_status, pool_status_markdown
+    from .curves import TOKENS_SCORER, pool_status, pool_status_markdown
     from .pools import replay_orders
 
     cfg = load_config(args.profile, args.overrides)
@@ -110,22 +113,27 @@ def cmd_info(args) -> int:
         rows.append(r)
         if args.format == "text":
             n = pool.n_per_question
+            ci = lambda k: f"{r[k]:.3f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]"  # noqa: E731
             print(f"{pool.describe()}\n  single-sample accuracy {r['single_sample_accuracy']:.3f}, pass@{n} "
                   f"{r[f'pass@{n}']:.3f}, mean tokens {r['mean_tokens']:.0f}, truncated {r['truncated_rate']:.2f}")
-            print(f"  majority@{n}: {r['majority']:.3f} [{r['majority_lo']:.3f}, {r['majority_hi']:.3f}]")
-            for sc in pool.scorers:
+            print(f"  majority@{n}: {ci('majority')}")
+            for sc in pool.scorers + [TOKENS_SCORER]:
+                label = "token count alone (shorter = predicted correct)" if sc == TOKENS_SCORER else sc
+                print(f"  {label}: AUROC pooled {r[f'auroc_{sc}']:.3f}, within questions {ci(f'auroc_within_{sc}')} "
+                      f"over {r[f'auroc_within_questions_{sc}']} questions with a correct and a wrong sample")
+                if sc == TOKENS_SCORER:
+                    continue
                 if sc in r["incomplete"]:
-                    print(f"  {sc}: scores incomplete, skipped")
+                    print("    scores incomplete: Best-of-n skipped")
                     continue
                 for method in ("best-of-n", "weighted-majority"):
-                    k = f"{method}__{sc}"
-                    print(f"  {method}@{n} by {sc}: {r[k]:.3f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]")
-                print(f"  AUROC {sc}: {r[f'auroc_{sc}']:.3f}")
+                    print(f"    {method}@{n}: {ci(f'{method}__{sc}')}")
+                print(f"    best-of-n@{n} minus single-sample accuracy: {ci(f'bon_gain__{sc}')}")
     if args.format == "markdown":
-        others = [sc for sc in cfg.scoring.scorers if sc != cfg.scoring.primary]
-        print(pool_status_markdown(rows, cfg.scoring.primary, others[0] if others else None))
+        print(pool_status_markdown(rows))
     elif args.format == "csv":
-        print(pd.DataFrame(rows).drop(columns="incomplete").to_csv(index=False), end="")
+        df = pd.DataFrame(rows).drop(columns=["incomplete", "scorers"])
+        print(df.to_csv(index=False), end="")
     return 0
 
 

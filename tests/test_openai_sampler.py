@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -27,141 +26,30 @@ import pytest
 
 from optscale.config import load_config
 from optscale.samplers import SAMPLERS, SampleRequest, SamplerError, derive_seed
+from optscale.samplers.fake_server import FakeOpenAIServer, scripted_tokens
 from optscale.samplers.openai_compat import (OpenAICompatSampler, char_ends_from_tokens, completion_from_choice,
                                              normalize_base_url, topk_mean)
 
 
 # ---------------------------------------------------------------------------------------------
-# A scripted OpenAI-compatible server
+# Fake OpenAI-compatible replicas (optscale.samplers.fake_server)
 # ---------------------------------------------------------------------------------------------
-def scripted_tokens(seed: int, max_tokens: int) -> list[str]:
-    """The 'model' of the scripted server: tokens determined by the seed."""
-    words = ["alpha", "beta", "gamma", "delta", "eps"]
-    return [f" {words[(seed >> (3 * i)) % 5]}{i}" for i in range(max_tokens)]
-
-
-class Behaviour:
-    def __init__(self, fail_first: int = 0, fail_status: int = 503, delay_s: float = 0.0, stop_at: int = 3):
-        self.fail_first = fail_first
-        self.fail_status = fail_status
-        self.delay_s = delay_s
-        self.stop_at = stop_at  # samples shorter than max_tokens end with EOS after this many tokens
-        self.dead = False
-        self.lock = threading.Lock()
-        self.requests: list[dict] = []
-        self.active = 0
-        self.max_active = 0
-        self.completed = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_POST(self):
-        b: Behaviour = self.server.behaviour  # type: ignore[attr-defined]
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
-        if not raw:  # the client cancelled before its request body arrived (live cancellation)
-            self.close_connection = True
-            return
-        body = json.loads(raw)
-        with b.lock:
-            b.requests.append(body)
-            n_seen = len(b.requests)
-            b.active += 1
-            b.max_active = max(b.max_active, b.active)
-        try:
-            if b.dead:
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if n_seen <= b.fail_first:
-                return self._send(b.fail_status, {"error": {"message": "scripted failure", "code": b.fail_status}})
-            t_end = time.monotonic() + b.delay_s
-            while time.monotonic() < t_end:
-                if b.dead:  # the replica dies while this request is in flight
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                time.sleep(0.01)
-            self._send(200, self._answer(body))
-            with b.lock:
-                b.completed += 1
-        finally:
-            with b.lock:
-                b.active -= 1
-
-    def _answer(self, body: dict) -> dict:
-        b: Behaviour = self.server.behaviour  # type: ignore[attr-defined]
-        mt = int(body["max_tokens"])
-        n = min(mt, b.stop_at)
-        toks = scripted_tokens(int(body["seed"]), n)
-        finish = "length" if n == mt else "stop"
-        text = "".join(toks)
-        usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
-        if "messages" in body:
-            k = int(body.get("top_logprobs") or 1)
-            content = [{"token": t, "logprob": -0.5, "bytes": None,
-                        "top_logprobs": [{"token": t, "logprob": -0.5, "bytes": None}]
-                        + [{"token": f"alt{i}", "logprob": -1.0 - i, "bytes": None} for i in range(k - 1)]}
-                       for t in toks]
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                      "logprobs": {"content": content}}
-            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [choice], "usage": usage}
-        k = int(body.get("logprobs") or 1)
-        top = [{t: -0.5, **{f"alt{i}": -1.0 - i for i in range(k - 1)}} for t in toks]
-        offsets, pos = [], 0
-        for t in toks:
-            offsets.append(pos)
-            pos += len(t)
-        choice = {"index": 0, "text": text, "finish_reason": finish,
-                  "logprobs": {"tokens": toks, "token_logprobs": [-0.5] * n, "top_logprobs": top,
-                               "text_offset": offsets}}
-        return {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
-                "choices": [choice], "usage": usage}
-
-    def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class ScriptedServer:
-    def __init__(self, behaviour: Behaviour):
-        self.behaviour = behaviour
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.behaviour = behaviour  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def kill(self) -> None:
-        """Die like a crashed replica: in-flight requests lose their connection, new ones are refused."""
-        self.behaviour.dead = True
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def servers():
-    started: list[ScriptedServer] = []
+    """``servers(**kw)`` starts a fake replica on 127.0.0.1 (answers are a function of the seed);
+    all are killed at the end of the test."""
+    started: list[FakeOpenAIServer] = []
 
-    def make(**kw) -> ScriptedServer:
-        s = ScriptedServer(Behaviour(**kw))
+    def make(delay_s: float = 0.0, **kw) -> FakeOpenAIServer:
+        kw.setdefault("fail_status", 503)
+        kw.setdefault("max_wait_s", 30.0)
+        s = FakeOpenAIServer(latency_s=delay_s, **kw)
         started.append(s)
         return s
 
     yield make
     for s in started:
-        if not s.behaviour.dead:
-            s.kill()
+        s.kill()
 
 
 class TemplateTok:
@@ -246,7 +134,7 @@ def test_payload_prefix_stop_seed_and_chat(servers):
     s = servers()
     req = SampleRequest(prompt="Q?", n=2, max_new_tokens=5, seed=3, key="k", prefix="Step 1: ", stop=("\n\n",))
     out = _sampler([s.url]).generate([req])[0]
-    bodies = sorted(s.behaviour.requests, key=lambda b: b["seed"])
+    bodies = sorted(s.requests, key=lambda b: b["seed"])
     assert sorted(b["seed"] for b in bodies) == sorted(derive_seed(3, j) for j in range(2))
     b = bodies[0]
     assert b["prompt"].endswith("<|im_start|>assistant\nStep 1: ") and b["prompt"].startswith("<|im_start|>user\nQ?")
@@ -258,7 +146,7 @@ def test_payload_prefix_stop_seed_and_chat(servers):
 
     s2 = servers()
     out2 = _sampler([s2.url], api="chat").generate([req])[0]
-    b = s2.behaviour.requests[0]
+    b = s2.requests[0]
     assert b["messages"][-1] == {"role": "assistant", "content": "Step 1: "}
     assert b["continue_final_message"] is True and b["add_generation_prompt"] is False
     assert b["logprobs"] is True and b["top_logprobs"] == 5
@@ -274,9 +162,9 @@ def test_shards_over_replicas_with_bounded_in_flight(servers):
     for r, comps in zip(reqs, out):
         assert [c.seed for c in comps] == [derive_seed(r.seed, j) for j in range(r.n)]
         assert all(c.text == "".join(scripted_tokens(c.seed, 2)) and c.finish_reason == "length" for c in comps)
-    assert len(a.behaviour.requests) > 0 and len(b.behaviour.requests) > 0  # both replicas used
-    assert len(a.behaviour.requests) + len(b.behaviour.requests) == 11  # no duplicate work
-    assert a.behaviour.max_active <= 2 and b.behaviour.max_active <= 2  # max_in_flight_per_endpoint
+    assert len(a.requests) > 0 and len(b.requests) > 0  # both replicas used
+    assert len(a.requests) + len(b.requests) == 11  # no duplicate work
+    assert a.max_active <= 2 and b.max_active <= 2  # max_in_flight_per_endpoint
     assert sum(st.ok for st in sampler.last_stats) == 11
     # same seeds, one replica -> same pool content
     single = _sampler([servers().url]).generate(reqs)
@@ -288,7 +176,7 @@ def test_retries_on_5xx_with_backoff(servers):
     sampler = _sampler([s.url], **{"sampling.max_in_flight_per_endpoint": 1})
     out = sampler.generate(_reqs(ns=(3,)))
     assert len(out[0]) == 3
-    assert len(s.behaviour.requests) == 5 and sampler.last_stats[0].failed == 2
+    assert len(s.requests) == 5 and sampler.last_stats[0].failed == 2
     assert sampler.last_stats[0].alive  # two failures < dead_after=3
 
 
@@ -308,7 +196,7 @@ def test_4xx_fails_at_once_with_server_message(servers):
     s = servers(fail_first=100, fail_status=400)
     with pytest.raises(SamplerError, match="HTTP 400"):
         _sampler([s.url], **{"sampling.max_in_flight_per_endpoint": 1}).generate(_reqs(ns=(2,)))
-    assert len(s.behaviour.requests) == 1  # not retried
+    assert len(s.requests) == 1  # not retried
 
 
 def test_all_replicas_dead_raises():
@@ -360,14 +248,14 @@ def test_cancel_stops_a_question_and_keeps_the_others(servers):
     out = asyncio.run(sampler.agenerate(reqs, on_completion=policy))
     assert len(out[1]) == 3  # the other question is complete
     assert 2 <= len(out[0]) <= 3  # the two seen, plus one that finished in the same instant at most
-    assert len(s.behaviour.requests) <= 2 + 3 + 2  # cancelled samples were never sent
+    assert len(s.requests) <= 2 + 3 + 2  # cancelled samples were never sent
     # cancel() from another thread (a policy running elsewhere) while the synchronous API runs;
     # generate() insists on complete requests, so it reports the cancelled one
-    n_before = len(s.behaviour.requests)
+    n_before = len(s.requests)
 
     def cancel_when_started():
         t_end = time.monotonic() + 10
-        while len(s.behaviour.requests) < n_before + 2 and time.monotonic() < t_end:
+        while len(s.requests) < n_before + 2 and time.monotonic() < t_end:
             time.sleep(0.01)
         sampler.cancel(reqs[0].key)
 

@@ -8,17 +8,27 @@ sampler spreads the work over them:
   seeded with ``derive_seed(request.seed, j)``. The pool's content therefore does not depend on
   which replica served which sample, or on the order they finished in (where the server honours
   ``seed``).
-- **Bounded concurrency.** Each live replica runs ``max_in_flight_per_endpoint`` workers that
-  pull items from one shared queue, so fast replicas take more work. The queue is filled
+- **Load-balanced, bounded concurrency.** Each sample goes to the live replica with the fewest
+  requests in flight, at most ``max_in_flight_per_endpoint`` per replica, so every replica is
+  used from the first request on and faster replicas take more. A direct call queues samples
   sample-index-major (every request's sample 0 first), so live policies see early samples of
-  every question before later samples of any are sent.
-- **Retries with backoff.** Timeouts, connection errors, HTTP 5xx and 429 put the item back on
-  the shared queue (any replica may take it) and the failing worker waits ``backoff_base_s *
-  2**(failures-1)`` (capped, with jitter). An item that failed ``max_retries + 1`` times fails the
+  every question before later samples of any are sent. :meth:`OpenAICompatSampler.iter_complete`
+  streams requests for pool generation: a new question is admitted while fewer samples wait than
+  the live replicas have slots, and each question comes back as soon as its last sample arrives.
+- **Retries elsewhere.** Timeouts, connection errors, HTTP 5xx and 429 send the sample again, to
+  another live replica when there is one; the failing replica gets no new work for ``backoff_base_s
+  * 2**(strikes-1)`` (capped, with jitter). A sample that failed ``max_retries + 1`` times fails the
   call. Other HTTP errors (4xx: a bad request) fail the call at once with the server's message.
-- **Dead replicas.** After ``dead_after`` consecutive failures a replica is marked dead for the
-  rest of the call; its items are already back on the queue, completed samples are kept. If every
-  replica is dead the call fails naming each replica's last error.
+- **Dead replicas, per replica and for the whole run.** A failure is a *strike* against its replica
+  only if the request was sent after the replica's previous strike, so a burst of simultaneous
+  errors (one incident) is one strike, and a success clears them. ``dead_after`` strikes in a row,
+  or one request timeout (a hung server), mark the replica dead. The state lives on the sampler,
+  so later calls (the next questions) skip it. A dead replica is health-probed (``GET /models``)
+  after a cool-down (``cooldown_s``, doubling per failed probe up to ``cooldown_max_s``) and comes
+  back when it answers. When no replica is alive, each is probed at once; if none answers, the
+  call fails naming each replica's last error, with the samples that finished in the error
+  (:class:`PartialResultsError`). ``sampler.stats`` / :meth:`~OpenAICompatSampler.run_summary`
+  give per replica the samples served, failed and retried requests, and since when it is dead.
 - **Cancellation** (live adaptive sampling). ``agenerate(requests, on_completion=cb)`` calls
   ``cb(request_index, sample_index, completion)`` as each sample arrives; a stopping policy that
   decides a question is done calls :meth:`OpenAICompatSampler.cancel` with the request's ``key``:
@@ -41,11 +51,14 @@ distribution), token end offsets from the token strings, and ``usage.completion_
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import random
 import threading
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..config import SamplingConfig
 from .base import (Completion, SampleRequest, Sampler, SamplerError, derive_seed, load_prompt_template,
@@ -54,6 +67,7 @@ from .base import (Completion, SampleRequest, Sampler, SamplerError, derive_seed
 __all__ = [
     "OpenAICompatSampler",
     "EndpointStats",
+    "PartialResultsError",
     "topk_mean",
     "char_ends_from_tokens",
     "completion_from_choice",
@@ -186,40 +200,389 @@ def load_chat_tokenizer(model: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The sampler
 # ---------------------------------------------------------------------------------------------
+log = logging.getLogger("optscale.samplers.openai")
+
+
 class _Retryable(Exception):
-    pass
+    def __init__(self, msg: str, timeout: bool = False):
+        super().__init__(msg)
+        self.timeout = timeout
+
+
+class PartialResultsError(SamplerError):
+    """A call that failed part-way. ``results`` holds, per request, the samples that finished
+    (``{sample_index: Completion}``), so nothing already paid for is lost."""
+
+    def __init__(self, msg: str, results: list[dict[int, Completion]]):
+        super().__init__(msg)
+        self.results = results
+
+    @property
+    def n_finished(self) -> int:
+        return sum(len(r) for r in self.results)
 
 
 @dataclass
 class EndpointStats:
-    """Per-replica counters of the last call (``sampler.last_stats``)."""
+    """One replica's counters and health, kept for the sampler's lifetime (the whole run):
+    a replica found dead stays dead for later calls until a health probe brings it back."""
 
     url: str
-    ok: int = 0
-    failed: int = 0
+    ok: int = 0  # samples served
+    failed: int = 0  # failed requests (timeouts, connection errors, HTTP 5xx / 429)
+    retried: int = 0  # of those, sent again (to another live replica when there is one)
     tokens: int = 0
     alive: bool = True
-    consecutive_failures: int = 0
+    consecutive_failures: int = 0  # strikes: failures of requests sent after its previous strike
     last_error: str = ""
+    dead_since: float | None = None  # time.time() when last marked dead
+    deaths: int = 0
+    revived: int = 0
+    in_flight: int = 0
+    epoch: int = 0  # bumped at each strike; a failure of a request sent in an older epoch is no new strike
+    backoff_until: float = 0.0  # time.monotonic(): no new request before this
+    probe_at: float = 0.0  # time.monotonic() of the next health probe while dead
+    cooldown_s: float = 0.0
+
+    @property
+    def served(self) -> int:
+        return self.ok
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "served": self.ok, "failed": self.failed, "retried": self.retried,
+            "tokens": self.tokens, "alive": self.alive, "deaths": self.deaths, "revived": self.revived,
+            "dead_since": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.dead_since))
+                           if self.dead_since is not None and not self.alive else None),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class _ReqState:
+    index: int
+    req: SampleRequest
+    prompt: str | None
+    tag: Any = None
+    results: dict[int, Completion] = field(default_factory=dict)
+    left: int = 0
 
 
 @dataclass
 class _Item:
-    req_idx: int
+    state: _ReqState
     sample_idx: int
     seed: int
     key: str
     attempts: int = 0
+    failed_on: set[int] = field(default_factory=set)
 
 
-@dataclass
-class _Run:
-    """State of one ``agenerate`` call."""
+class _Session:
+    """One event loop's share of the work: a queue of samples dispatched to the replica with the
+    fewest requests in flight, retries steered away from the replica that failed them, health
+    probes of dead replicas, and (for streams) admission of new requests while the queue runs low."""
 
-    loop: asyncio.AbstractEventLoop
-    keys: set[str]
-    cancelled: set[str] = field(default_factory=set)
-    inflight: dict[str, set] = field(default_factory=lambda: defaultdict(set))
+    def __init__(self, sampler: "OpenAICompatSampler", on_completion: Callable | None = None,
+                 on_request_done: Callable[[_ReqState], None] | None = None,
+                 source: Iterator[tuple[Any, SampleRequest]] | None = None, max_open: int | None = None,
+                 stop: threading.Event | None = None):
+        self.s = sampler
+        self.loop = asyncio.get_running_loop()
+        self.on_completion, self.on_request_done = on_completion, on_request_done
+        self.source, self.source_done = source, source is None
+        self.max_open = max_open or sampler.questions_in_flight
+        self.stop = stop
+        self.states: list[_ReqState] = []
+        self.open = 0
+        self.keys: set[str] = set()
+        self.cancelled: set[str] = set()
+        self.fresh: deque[_Item] = deque()
+        self.retry: deque[_Item] = deque()
+        self.inflight: dict[str, set[asyncio.Task]] = defaultdict(set)
+        self.tasks: set[asyncio.Task] = set()
+        self.wake = asyncio.Event()
+        self.error: BaseException | None = None
+        self.closing = False
+        self.probing: set[int] = set()
+        self.probed: set[int] = set()  # dead replicas whose probe failed during this session
+        self.clients: dict[int, Any] = {}
+
+    # -- requests -------------------------------------------------------------------------------
+    def _state(self, req: SampleRequest, tag: Any = None) -> _ReqState:
+        prompt = self.s.prompt_text(req) if self.s.api == "completions" else None
+        st = _ReqState(len(self.states), req, prompt, tag, left=req.n)
+        self.states.append(st)
+        self.keys.add(req.key)
+        self.open += 1
+        if req.n == 0:
+            self._request_done(st)
+        return st
+
+    def add_all(self, requests: Sequence[SampleRequest]) -> None:
+        """Every request at once, queued sample-index-major (every request's sample 0 first), so a
+        live policy sees early samples of every question before later samples of any are sent."""
+        states = [self._state(r) for r in requests]
+        for j in range(max((r.n for r in requests), default=0)):
+            for st in states:
+                if j < st.req.n:
+                    self.fresh.append(_Item(st, j, derive_seed(st.req.seed, j), st.req.key))
+
+    def _admit(self) -> None:
+        stats = self.s.stats
+        cap = self.s.config.max_in_flight_per_endpoint
+        while not self.source_done and self.open < self.max_open:
+            live = cap * sum(st.alive for st in stats)
+            if live == 0 or len(self.fresh) + len(self.retry) >= live:
+                return
+            try:
+                tag, req = next(self.source)  # type: ignore[arg-type]
+            except StopIteration:
+                self.source_done = True
+                return
+            st = self._state(req, tag)
+            for j in range(req.n):
+                self.fresh.append(_Item(st, j, derive_seed(req.seed, j), req.key))
+
+    def _resolve(self, item: _Item, comp: Completion | None) -> None:
+        st = item.state
+        if comp is not None:
+            st.results[item.sample_idx] = comp
+        st.left -= 1
+        if st.left == 0:
+            self._request_done(st)
+
+    def _request_done(self, st: _ReqState) -> None:
+        self.open -= 1
+        if self.on_request_done is not None:
+            self.on_request_done(st)
+
+    def cancel_key(self, key: str) -> None:
+        self.cancelled.add(key)
+        for q in (self.fresh, self.retry):
+            keep = [it for it in q if it.key != key]
+            dropped = [it for it in q if it.key == key]
+            q.clear()
+            q.extend(keep)
+            for it in dropped:
+                self._resolve(it, None)
+        for task in list(self.inflight.get(key, ())):
+            task.cancel()
+        self.wake.set()
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _client(self, e: int) -> Any:
+        if e not in self.clients:
+            from openai import AsyncOpenAI
+
+            self.clients[e] = AsyncOpenAI(base_url=self.s.endpoints[e], api_key=self.s.api_key,
+                                          timeout=self.s.config.request_timeout_s, max_retries=0)
+        return self.clients[e]
+
+    def _place(self, now: float) -> None:
+        stats, cap = self.s.stats, self.s.config.max_in_flight_per_endpoint
+        for q in (self.retry, self.fresh):
+            for _ in range(len(q)):
+                free = [e for e, st in enumerate(stats) if st.alive and st.in_flight < cap and now >= st.backoff_until]
+                if not free:
+                    return
+                item = q.popleft()
+                if item.key in self.cancelled:
+                    self._resolve(item, None)
+                    continue
+                e = self._choose(item, free)
+                if e is None:  # waits for a replica other than the ones that failed it
+                    q.append(item)
+                    continue
+                self._start(item, e)
+
+    def _choose(self, item: _Item, free: list[int]) -> int | None:
+        stats = self.s.stats
+        preferred = [e for e in free if e not in item.failed_on]
+        if preferred:
+            return min(preferred, key=lambda e: (stats[e].in_flight, e))
+        if any(st.alive and e not in item.failed_on for e, st in enumerate(stats)):
+            return None
+        return min(free, key=lambda e: (stats[e].in_flight, e))
+
+    def _start(self, item: _Item, e: int) -> None:
+        st = self.s.stats[e]
+        with self.s._stats_lock:
+            st.in_flight += 1
+        task = self.loop.create_task(self._one(item, e, st.epoch))
+        self.inflight[item.key].add(task)
+        self.tasks.add(task)
+
+    async def _one(self, item: _Item, e: int, epoch: int) -> None:
+        st = self.s.stats[e]
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                with self.s._stats_lock:
+                    st.in_flight -= 1
+                self.wake.set()
+
+        task = asyncio.current_task()
+        try:
+            comp = await self.s._request(self._client(e), item.state.req, item, item.state.prompt)
+        except asyncio.CancelledError:
+            release()
+            if self.closing:
+                raise
+            self._resolve(item, None)  # cancelled by a stopping policy
+            return
+        except _Retryable as err:
+            release()
+            self._failure(item, e, epoch, err)
+            return
+        except BaseException as err:  # 4xx, a malformed response: fails the call at once
+            release()
+            self._fail(err)
+            return
+        finally:
+            release()
+            self.inflight[item.key].discard(task)
+            self.tasks.discard(task)
+        with self.s._stats_lock:
+            st.ok += 1
+            st.tokens += comp.n_tokens
+            st.consecutive_failures = 0
+        if self.on_completion is not None and item.key not in self.cancelled:
+            try:
+                r = self.on_completion(item.state.index, item.sample_idx, comp)
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception as err:  # a failing callback fails the call, visibly
+                item.state.results[item.sample_idx] = comp
+                self._fail(err)
+                return
+        self._resolve(item, comp)
+
+    def _failure(self, item: _Item, e: int, epoch: int, err: _Retryable) -> None:
+        s, st, now = self.s, self.s.stats[e], time.monotonic()
+        with s._stats_lock:
+            st.failed += 1
+            st.last_error = str(err)
+            if epoch == st.epoch:  # sent after the previous strike: a new strike (one per incident)
+                st.epoch += 1
+                st.consecutive_failures = s.dead_after if err.timeout else st.consecutive_failures + 1
+                delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** (st.consecutive_failures - 1))
+                st.backoff_until = now + delay * (0.5 + 0.5 * s._rng.random())
+                if st.alive and st.consecutive_failures >= s.dead_after:
+                    self._mark_dead(e, now)
+        item.attempts += 1
+        item.failed_on.add(e)
+        if item.key in self.cancelled:
+            self._resolve(item, None)
+        elif item.attempts > s.config.max_retries:
+            self._fail(SamplerError(f"request {item.key!r} sample {item.sample_idx} failed {item.attempts} times; "
+                                    f"last on {st.url}: {err}"))
+        else:
+            st.retried += 1
+            self.retry.append(item)
+        self.wake.set()
+
+    def _mark_dead(self, e: int, now: float) -> None:
+        s, st = self.s, self.s.stats[e]
+        st.alive = False
+        st.dead_since = time.time()
+        st.deaths += 1
+        st.cooldown_s = min(s.cooldown_max_s, s.cooldown_s * 2 ** (st.deaths - 1))
+        st.probe_at = now + st.cooldown_s
+        log.warning("endpoint %s marked dead after %d consecutive failures (last: %s); %d replica(s) left; "
+                    "health probe in %.0f s", st.url, st.consecutive_failures, st.last_error,
+                    sum(x.alive for x in s.stats), st.cooldown_s)
+
+    # -- health probes --------------------------------------------------------------------------
+    def _probes(self, now: float) -> None:
+        stats = self.s.stats
+        all_dead = not any(st.alive for st in stats)
+        for e, st in enumerate(stats):
+            if st.alive or e in self.probing:
+                continue
+            # due after the cool-down; at once when no replica is left (nothing else can run)
+            if now >= st.probe_at or (all_dead and e not in self.probed):
+                self.probing.add(e)
+                t = self.loop.create_task(self._probe(e))
+                self.tasks.add(t)
+                t.add_done_callback(self.tasks.discard)
+
+    async def _probe(self, e: int) -> None:
+        s, st = self.s, self.s.stats[e]
+        try:
+            await self._client(e).with_options(timeout=s.probe_timeout_s).models.list()
+            ok, why = True, ""
+        except asyncio.CancelledError:
+            self.probing.discard(e)
+            raise
+        except Exception as err:  # any failure keeps it dead
+            ok, why = False, f"{type(err).__name__}: {err}"
+        with s._stats_lock:
+            if ok:
+                if not st.alive:
+                    st.alive = True
+                    st.consecutive_failures = 0
+                    st.epoch += 1
+                    st.backoff_until = 0.0
+                    st.revived += 1
+                    log.warning("endpoint %s answers its health probe again: back in service", st.url)
+                self.probed.discard(e)
+            else:
+                st.cooldown_s = min(s.cooldown_max_s, max(st.cooldown_s, s.cooldown_s) * 2)
+                st.probe_at = time.monotonic() + st.cooldown_s
+                self.probed.add(e)
+                log.info("endpoint %s still dead (health probe: %s)", st.url, why)
+        self.probing.discard(e)
+        self.wake.set()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.wake.set()
+
+    def _left(self) -> int:
+        return sum(st.left for st in self.states)
+
+    async def run(self) -> None:
+        stats = self.s.stats
+        try:
+            while True:
+                self.wake.clear()
+                if self.error is not None:
+                    raise self.error
+                if self.stop is not None and self.stop.is_set():
+                    return
+                self._admit()
+                if self.open == 0 and self.source_done:
+                    return
+                now = time.monotonic()
+                self._probes(now)
+                self._place(now)
+                if (not any(st.alive for st in stats) and not self.probing
+                        and len(self.probed) == len(stats)):
+                    msgs = "; ".join(f"{st.url}: {st.last_error}" for st in stats)
+                    self._fail(SamplerError(f"all {len(stats)} endpoints are dead with {self._left()} samples left "
+                                            f"({msgs})"))
+                    continue
+                # sleep until something happens, or a backoff / probe time comes
+                times = [st.backoff_until for st in stats if st.alive and st.backoff_until > now]
+                times += [st.probe_at for st in stats if not st.alive]
+                timeout = min([0.5] + [max(t - now, 0.005) for t in times])
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.closing = True
+            tasks = list(self.tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
 
 
 class OpenAICompatSampler(Sampler):
@@ -228,7 +591,8 @@ class OpenAICompatSampler(Sampler):
     def __init__(self, config: SamplingConfig, endpoints: Sequence[str] | None = None, api: str = "completions",
                  tokenizer: Any = None, served_model: str | None = None, api_key: str = "EMPTY",
                  dead_after: int = 3, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0,
-                 extra_body: dict[str, Any] | None = None):
+                 extra_body: dict[str, Any] | None = None, cooldown_s: float = 10.0, cooldown_max_s: float = 300.0,
+                 probe_timeout_s: float = 10.0, questions_in_flight: int | None = None):
         if api not in ("completions", "chat"):
             raise SamplerError(f"api={api!r}: use 'completions' or 'chat'")
         urls = list(endpoints if endpoints is not None else config.endpoints)
@@ -239,6 +603,8 @@ class OpenAICompatSampler(Sampler):
             )
         if config.max_in_flight_per_endpoint < 1:
             raise SamplerError("sampling.max_in_flight_per_endpoint must be >= 1")
+        if dead_after < 1:
+            raise SamplerError("dead_after must be >= 1")
         self.config = config
         self.endpoints = [normalize_base_url(u) for u in urls]
         if len(set(self.endpoints)) != len(self.endpoints):
@@ -248,13 +614,45 @@ class OpenAICompatSampler(Sampler):
         self.api_key = api_key
         self.dead_after = dead_after
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+        self.cooldown_s, self.cooldown_max_s = cooldown_s, cooldown_max_s
+        self.probe_timeout_s = min(probe_timeout_s, config.request_timeout_s)
+        self._questions_in_flight = questions_in_flight
         self.extra_body = dict(extra_body or {})
         self.template = load_prompt_template(config.prompt_template)
         self._tokenizer = tokenizer
-        self._runs: list[_Run] = []
+        self._sessions: list[_Session] = []
         self._lock = threading.Lock()
-        self.last_stats: list[EndpointStats] = []
+        self._stats_lock = threading.Lock()
+        self.stats: list[EndpointStats] = [EndpointStats(u) for u in self.endpoints]
         self._rng = random.Random(config.seed)  # backoff jitter only; never affects samples
+
+    @property
+    def last_stats(self) -> list[EndpointStats]:
+        """Per-replica counters and health since the sampler was made (kept across calls)."""
+        return self.stats
+
+    @property
+    def questions_in_flight(self) -> int:
+        """At most this many requests open at once in :meth:`iter_complete` (pool generation).
+        New ones are admitted only while fewer samples wait than the live replicas have slots, so
+        this bound matters only when a hung replica holds samples of many questions."""
+        if self._questions_in_flight:
+            return self._questions_in_flight
+        return 2 * len(self.endpoints) * self.config.max_in_flight_per_endpoint + 2
+
+    def run_summary(self) -> list[dict[str, Any]]:
+        """Per replica: samples served, failed requests, retried requests, tokens, whether it is alive,
+        and since when it is dead."""
+        return [st.summary() for st in self.stats]
+
+    def format_summary(self) -> str:
+        lines = []
+        total = sum(st.ok for st in self.stats) or 1
+        for st in self.stats:
+            state = "alive" if st.alive else f"DEAD since {st.summary()['dead_since']} ({st.last_error})"
+            lines.append(f"  {st.url}: served {st.ok} ({100 * st.ok / total:.0f}%), failed {st.failed}, "
+                         f"retried {st.retried}, deaths {st.deaths}, revived {st.revived}, {state}")
+        return "\n".join(lines)
 
     # -- metadata / prompts ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -308,28 +706,32 @@ class OpenAICompatSampler(Sampler):
             body["extra_body"] = extra
         return body
 
+
     # -- cancellation ---------------------------------------------------------------------------
     def cancel(self, key: str) -> None:
         """Stop sampling for request ``key`` in every running call: queued samples are dropped,
         in-flight HTTP requests cancelled. Thread-safe; a no-op for unknown keys."""
         with self._lock:
-            runs = [r for r in self._runs if key in r.keys]
-        for run in runs:
-            def _do(run: _Run = run) -> None:
-                run.cancelled.add(key)
-                for task in list(run.inflight.get(key, ())):
-                    task.cancel()
-
+            sessions = [s for s in self._sessions if key in s.keys]
+        for sess in sessions:
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
                 running = None
-            if running is run.loop:
-                _do()
+            if running is sess.loop:
+                sess.cancel_key(key)
             else:
-                run.loop.call_soon_threadsafe(_do)
+                sess.loop.call_soon_threadsafe(sess.cancel_key, key)
 
-    # -- sync entry point -----------------------------------------------------------------------
+    def _register(self, sess: _Session) -> None:
+        with self._lock:
+            self._sessions.append(sess)
+
+    def _unregister(self, sess: _Session) -> None:
+        with self._lock:
+            self._sessions.remove(sess)
+
+    # -- sync entry points ----------------------------------------------------------------------
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
         out = run_coroutine_sync(lambda: self.agenerate(requests))
         for req, comps in zip(requests, out):
@@ -337,135 +739,83 @@ class OpenAICompatSampler(Sampler):
                 raise SamplerError(f"request {req.key!r}: {len(comps)} of {req.n} samples (cancelled?)")
         return out
 
+    def iter_complete(self, jobs: Iterable[tuple[Any, SampleRequest]], max_open: int | None = None
+                      ) -> Iterator[tuple[Any, list[Completion]]]:
+        """Stream many requests through the replicas: ``jobs`` yields ``(tag, request)`` pairs and
+        is read lazily (a new request is taken when fewer samples wait than the live replicas
+        have slots, with at most ``max_open`` requests open); ``(tag, completions)`` comes back
+        for each request as soon as its last sample arrives, in completion order.
+
+        The HTTP work runs on an event loop in a background thread, so the caller can grade,
+        score and checkpoint while requests are in flight. If the run fails (every replica dead,
+        a 4xx), every request that finished first is yielded, then the error is raised."""
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        source = iter(jobs)
+        box: dict[str, Any] = {}
+
+        def done(st: _ReqState) -> None:
+            out.put(("done", st.tag, [st.results[j] for j in sorted(st.results)]))
+
+        async def main() -> None:
+            sess = _Session(self, on_request_done=done, source=source, max_open=max_open, stop=stop)
+            box["sess"] = sess
+            self._register(sess)
+            try:
+                await sess.run()
+            finally:
+                self._unregister(sess)
+
+        def target() -> None:
+            try:
+                asyncio.run(main())
+                out.put(("end",))
+            except BaseException as e:  # handed to the consumer after the finished requests
+                out.put(("error", e))
+
+        t = threading.Thread(target=target, name="optscale-endpoints", daemon=True)
+        t.start()
+        try:
+            while True:
+                msg = out.get()
+                if msg[0] == "done":
+                    yield msg[1], msg[2]
+                elif msg[0] == "end":
+                    return
+                else:
+                    raise msg[1]
+        finally:
+            stop.set()
+            sess = box.get("sess")
+            if sess is not None and t.is_alive():
+                try:
+                    sess.loop.call_soon_threadsafe(sess.wake.set)
+                except RuntimeError:  # the loop already closed
+                    pass
+            t.join(timeout=60)
+
     # -- async core -------------------------------------------------------------------------------
     async def agenerate(self, requests: Sequence[SampleRequest],
                         on_completion: Callable[[int, int, Completion], Any] | None = None) -> list[list[Completion]]:
         """Sample every request across the endpoints; one list per request, samples ordered by
         sample index. ``on_completion(request_index, sample_index, completion)`` runs as each
         sample arrives (it may call :meth:`cancel`). A cancelled request's list holds only the
-        samples that finished before the cancellation."""
-        loop = asyncio.get_running_loop()
-        run = _Run(loop=loop, keys={r.key for r in requests})
-        prompts = [self.prompt_text(r) if self.api == "completions" else None for r in requests]
-        # Sample-index-major order (every request's sample 0, then every sample 1, ...): each
-        # question gets its first samples early, so a live policy can stop it before its later
-        # samples are dispatched. The pool's content does not depend on this order.
-        items = [_Item(i, j, derive_seed(r.seed, j), r.key)
-                 for j in range(max((r.n for r in requests), default=0))
-                 for i, r in enumerate(requests) if j < r.n]
-        results: list[dict[int, Completion]] = [dict() for _ in requests]
-        stats = [EndpointStats(u) for u in self.endpoints]
-        self.last_stats = stats
-        if not items:
-            return [[] for _ in requests]
-
-        from openai import AsyncOpenAI
-
-        clients = [AsyncOpenAI(base_url=u, api_key=self.api_key, timeout=self.config.request_timeout_s,
-                               max_retries=0) for u in self.endpoints]
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        for it in items:
-            queue.put_nowait(it)
-        outstanding = len(items)
-        closing = False  # set when the call ends and the workers are cancelled
-        done: asyncio.Future = loop.create_future()
-
-        def resolve_one() -> None:
-            nonlocal outstanding
-            outstanding -= 1
-            if outstanding == 0 and not done.done():
-                done.set_result(None)
-
-        def fail(exc: BaseException) -> None:
-            if not done.done():
-                done.set_exception(exc)
-
-        def check_all_dead() -> None:
-            if outstanding > 0 and not any(s.alive for s in stats):
-                msgs = "; ".join(f"{s.url}: {s.last_error}" for s in stats)
-                fail(SamplerError(f"all {len(stats)} endpoints are dead with {outstanding} samples left ({msgs})"))
-
-        async def worker(e: int) -> None:
-            st, client = stats[e], clients[e]
-            consecutive = 0
-            while st.alive:
-                item = await queue.get()
-                if not st.alive:  # marked dead while this worker waited: hand the item back
-                    queue.put_nowait(item)
-                    return
-                if item.key in run.cancelled:
-                    resolve_one()
-                    continue
-                req = requests[item.req_idx]
-                task = asyncio.ensure_future(self._request(client, req, item, prompts[item.req_idx]))
-                run.inflight[item.key].add(task)
-                try:
-                    comp = await task
-                except asyncio.CancelledError:
-                    if closing:  # the worker itself is being shut down
-                        task.cancel()
-                        raise
-                    resolve_one()  # this request was cancelled by a policy
-                    continue
-                except _Retryable as err:
-                    st.failed += 1
-                    st.last_error = str(err)
-                    item.attempts += 1
-                    consecutive += 1
-                    if item.attempts > self.config.max_retries:
-                        fail(SamplerError(f"request {item.key!r} sample {item.sample_idx} failed "
-                                          f"{item.attempts} times; last on {st.url}: {err}"))
-                        return
-                    if item.key in run.cancelled:
-                        resolve_one()
-                    else:
-                        queue.put_nowait(item)  # any live replica may take it
-                    st.consecutive_failures += 1
-                    if st.consecutive_failures >= self.dead_after:
-                        st.alive = False
-                        check_all_dead()
-                        return
-                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (consecutive - 1))
-                    await asyncio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
-                    continue
-                except SamplerError as err:
-                    fail(err)
-                    return
-                finally:
-                    run.inflight[item.key].discard(task)
-                consecutive = 0
-                st.consecutive_failures = 0
-                st.ok += 1
-                st.tokens += comp.n_tokens
-                results[item.req_idx][item.sample_idx] = comp
-                if on_completion is not None:
-                    try:
-                        r = on_completion(item.req_idx, item.sample_idx, comp)
-                        if asyncio.iscoroutine(r):
-                            await r
-                    except Exception as err:  # a failing callback fails the call, visibly
-                        fail(err)
-                        return
-                resolve_one()
-
-        with self._lock:
-            self._runs.append(run)
-        workers = [asyncio.ensure_future(worker(e)) for e in range(len(self.endpoints))
-                   for _ in range(self.config.max_in_flight_per_endpoint)]
+        samples that finished before the cancellation. If the call fails, the error is a
+        :class:`PartialResultsError` holding the samples that finished (a failing callback's own
+        exception is raised as it is, with the same ``results`` attribute)."""
+        sess = _Session(self, on_completion=on_completion)
+        sess.add_all(requests)
+        self._register(sess)
         try:
-            await done
+            await sess.run()
+        except SamplerError as err:
+            raise PartialResultsError(str(err), [st.results for st in sess.states]) from err
+        except Exception as err:
+            err.results = [st.results for st in sess.states]  # type: ignore[attr-defined]
+            raise
         finally:
-            closing = True
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            for tasks in run.inflight.values():
-                for t in tasks:
-                    t.cancel()
-            with self._lock:
-                self._runs.remove(run)
-            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-        return [[res[j] for j in sorted(res)] for res in results]
+            self._unregister(sess)
+        return [[st.results[j] for j in sorted(st.results)] for st in sess.states]
 
     async def _request(self, client: Any, req: SampleRequest, item: _Item, prompt: str | None) -> Completion:
         import openai
@@ -476,6 +826,8 @@ class OpenAICompatSampler(Sampler):
                 resp = await client.chat.completions.create(**body)
             else:
                 resp = await client.completions.create(**body)
+        except openai.APITimeoutError as e:
+            raise _Retryable(f"{type(e).__name__}: {e} (after {self.config.request_timeout_s} s)", timeout=True) from None
         except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         except openai.APIStatusError as e:
@@ -488,4 +840,3 @@ class OpenAICompatSampler(Sampler):
             raise _Retryable(f"empty choices from {client.base_url}")
         return completion_from_choice(resp.choices[0], resp.usage, item.seed, req.stop,
                                       self.config.top_k_logprobs, api=self.api)
-

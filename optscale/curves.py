@@ -24,9 +24,19 @@ __all__ = [
     "majority_correct",
     "bootstrap_mean_ci",
     "fixed_n_curves",
+    "auroc",
+    "within_question_auroc",
+    "auroc_summary",
     "scorer_auroc",
     "pool_summary",
+    "pool_status",
+    "pool_status_markdown",
+    "TOKENS_SCORER",
 ]
+
+# Name of the token-count baseline in AUROC tables: the score is minus the sample's token count,
+# so a shorter sample is predicted correct (the baseline any verifier must beat).
+TOKENS_SCORER = "fewer-tokens"
 
 
 def answer_labels(pool: Pool, n: int | None = None) -> np.ndarray:
@@ -96,17 +106,54 @@ def fixed_n_curves(pool: Pool, scorer: str, orders: np.ndarray, ns: Sequence[int
     return pd.DataFrame(rows)
 
 
-def scorer_auroc(pool: Pool, scorer: str) -> float:
-    """AUROC of a scorer's sample score for separating correct from wrong samples (NaN when
-    the scored samples have only one class). Samples not scored yet (NaN) are left out."""
+def auroc(scores: np.ndarray, correct: np.ndarray) -> float:
+    """AUROC of ``scores`` for telling correct samples (positives) from wrong ones: the chance
+    that a random correct sample scores above a random wrong one, ties counting one half
+    (:func:`sklearn.metrics.roc_auc_score`). Any shape (flattened); samples with a NaN score are
+    left out; NaN when the rest lack a correct or a wrong sample."""
     from sklearn.metrics import roc_auc_score
 
-    score = pool.df[f"score__{scorer}"].to_numpy(float)
-    scored = ~np.isnan(score)
-    y = pool.df["correct"].to_numpy(bool)[scored]
+    s = np.asarray(scores, dtype=float).ravel()
+    y = np.asarray(correct, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"auroc: {s.size} scores but {y.size} labels")
+    keep = ~np.isnan(s)
+    s, y = s[keep], y[keep]
     if y.all() or not y.any():
         return float("nan")
-    return float(roc_auc_score(y, score[scored]))
+    return float(roc_auc_score(y, s))
+
+
+def within_question_auroc(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """(questions,) AUROC of each question's own samples (rows of (questions, n) arrays): how
+    well the score ranks one question's samples, which is what Best-of-N selection depends on.
+    NaN for a question without both a correct and a wrong (scored) sample."""
+    scores, correct = np.asarray(scores, dtype=float), np.asarray(correct, dtype=bool)
+    if scores.shape != correct.shape or scores.ndim != 2:
+        raise ValueError(f"within_question_auroc: scores {scores.shape} and correct {correct.shape} must be "
+                         "the same (questions, n) shape")
+    return np.array([auroc(s, c) for s, c in zip(scores, correct)], dtype=float)
+
+
+def auroc_summary(scores: np.ndarray, correct: np.ndarray, reps: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict[str, float]:
+    """AUROC of (questions, n) ``scores`` pooled over all samples, and within questions: the
+    mean of :func:`within_question_auroc` over the questions that have both a correct and a wrong
+    sample, with a percentile bootstrap CI over those questions, and how many there are."""
+    per_q = within_question_auroc(scores, correct)
+    valid = per_q[~np.isnan(per_q)]
+    m, lo, hi = bootstrap_mean_ci(valid, reps, seed, level)
+    return {"pooled": auroc(scores, correct), "within": m, "within_lo": lo, "within_hi": hi,
+            "within_questions": int(valid.size)}
+
+
+def scorer_auroc(pool: Pool, scorer: str) -> float:
+    """Pooled :func:`auroc` of a scorer's sample score over every sample of the pool (NaN when
+    the scored samples have only one class). Samples not scored yet (NaN) are left out;
+    ``scorer=TOKENS_SCORER`` scores each sample by minus its token count."""
+    if scorer == TOKENS_SCORER:
+        return auroc(-pool.df["n_tokens"].to_numpy(float), pool.df["correct"].to_numpy(bool))
+    return auroc(pool.df[f"score__{scorer}"].to_numpy(float), pool.df["correct"].to_numpy(bool))
 
 
 def pool_summary(pools: dict[str, Pool]) -> pd.DataFrame:
@@ -125,49 +172,85 @@ def pool_summary(pools: dict[str, Pool]) -> pd.DataFrame:
             "truncated_rate": float((df["finish_reason"] == "length").mean()),
             "answer_rate": float(df["answer"].notna().mean()),
         }
-        for sc in pool.scorers:
+        for sc in pool.scorers + [TOKENS_SCORER]:
             row[f"auroc_{sc}"] = scorer_auroc(pool, sc)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def pool_status(pool: Pool, orders: np.ndarray, reps: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """One pool at its full size n, as a flat record: the :func:`pool_summary` row plus majority@n
-    and, for every fully scored scorer, Best-of-n and weighted majority@n (mean over ``orders``,
-    bootstrap CI over questions). Scorers with missing scores are listed in ``incomplete``."""
+    """One pool at its full size n, as a flat record: the :func:`pool_summary` row (accuracy,
+    truncation, pooled AUROC of every scorer and of the token count) plus majority@n; for every
+    scorer and for the token-count baseline (``TOKENS_SCORER``: shorter = predicted correct) the
+    within-question AUROC (``auroc_within_<s>`` with a bootstrap CI over questions,
+    ``auroc_within_questions_<s>`` questions with both a correct and a wrong sample); and for
+    every fully scored scorer Best-of-n, weighted majority@n and ``bon_gain__<s>`` = Best-of-n
+    minus single-sample accuracy (mean over ``orders``, bootstrap CI over questions). Scorers with
+    missing scores are listed in ``incomplete``."""
     n = pool.n_per_question
     row = pool_summary({pool.dataset: pool}).iloc[0].to_dict()
+    row["scorers"] = list(pool.scorers)
     row["incomplete"] = [sc for sc in pool.scorers if pool.df[f"score__{sc}"].isna().any()]
     complete = [sc for sc in pool.scorers if sc not in row["incomplete"]]
-    maj = majority_correct(answer_labels(pool), pool.correct(), orders, n).mean(0)
+    correct = pool.correct()
+    maj = majority_correct(answer_labels(pool), correct, orders, n).mean(0)
     row["majority"], row["majority_lo"], row["majority_hi"] = bootstrap_mean_ci(maj, reps, seed, level)
+    for sc in pool.scorers + [TOKENS_SCORER]:
+        scores = -pool.tokens() if sc == TOKENS_SCORER else pool.scores(sc)
+        a = auroc_summary(scores, correct, reps, seed, level)
+        key = f"auroc_within_{sc}"
+        row[key], row[f"{key}_lo"], row[f"{key}_hi"] = a["within"], a["within_lo"], a["within_hi"]
+        row[f"auroc_within_questions_{sc}"] = a["within_questions"]
+    single = correct.mean(1)
     for sc in complete:
         c = fixed_n_curves(pool, sc, orders, [n], reps=reps, seed=seed, level=level).set_index("method")
         for method in ("best-of-n", "weighted-majority"):
             key = f"{method}__{sc}"
             row[key], row[f"{key}_lo"], row[f"{key}_hi"] = c.loc[method, ["accuracy", "ci_low", "ci_high"]]
+        gain = bon_correct(pool.scores(sc), correct, orders, n).mean(0) - single
+        key = f"bon_gain__{sc}"
+        row[key], row[f"{key}_lo"], row[f"{key}_hi"] = bootstrap_mean_ci(gain, reps, seed, level)
     return row
 
 
-def _ci(row: dict, key: str) -> str:
-    if key not in row:
+def _ci(row: dict, key: str, fmt: str = ".3f") -> str:
+    if key not in row or row[key] is None or np.isnan(row[key]):
         return "–"
     m, lo, hi = row[key], row[f"{key}_lo"], row[f"{key}_hi"]
-    return f"{m:.3f}" if lo == hi == m else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{m:{fmt}}" if lo == hi == m else f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
-def pool_status_markdown(rows: Sequence[dict], scorer: str, judge: str | None = None) -> str:
-    """The pool status table of ``data/pools/README.md``: size, single-sample accuracy, pass@n,
-    BoN@n by ``scorer``, majority@n (with CIs), AUROC of ``scorer`` (and ``judge``), mean tokens,
-    truncation rate."""
-    auc_head = f"AUROC {scorer}" + (f" / {judge}" if judge else "")
-    lines = [f"| benchmark | questions x samples | single-sample acc. | pass@n | BoN@n by {scorer} | majority@n "
-             f"| {auc_head} | mean tokens | truncated |", "|---|---|---|---|---|---|---|---|---|"]
+def _num(x: float, fmt: str = ".3f") -> str:
+    return "–" if x is None or np.isnan(x) else f"{x:{fmt}}"
+
+
+def pool_status_markdown(rows: Sequence[dict]) -> str:
+    """The pool status table of ``data/pools/README.md``: one line per (pool, scorer), every
+    scorer of each pool. Pool columns (on its first line): size, single-sample accuracy,
+    pass@n, majority@n, truncation rate, mean tokens, and the token-count baseline's AUROC
+    pooled / within questions; scorer columns: BoN@n, BoN@n minus single-sample accuracy (95%
+    bootstrap CI over questions), AUROC pooled and within questions (with CI and the number of
+    questions that have both a correct and a wrong sample)."""
+    head = ("| benchmark | questions x samples | single-sample acc. | pass@n | majority@n | truncated | mean tokens "
+            "| AUROC fewer tokens: pooled / within | scorer | BoN@n | BoN@n − single | AUROC pooled "
+            "| AUROC within questions (questions) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    t = TOKENS_SCORER
     for r in rows:
         n = int(r["samples_per_question"])
-        aucs = [r.get(f"auroc_{s}", float("nan")) for s in (scorer, judge) if s]
-        auc = "–" if all(np.isnan(a) for a in aucs) else " / ".join(f"{a:.3f}" for a in aucs)
-        lines.append(f"| {r['dataset']} | {int(r['questions'])} x {n} | {r['single_sample_accuracy']:.3f} "
-                     f"| {r[f'pass@{n}']:.3f} | {_ci(r, f'best-of-n__{scorer}')} | {_ci(r, 'majority')} | {auc} "
-                     f"| {r['mean_tokens']:.0f} | {r['truncated_rate']:.2f} |")
+        pool_cells = (f"{r['dataset']} | {int(r['questions'])} x {n} | {r['single_sample_accuracy']:.3f} "
+                      f"| {r[f'pass@{n}']:.3f} | {_ci(r, 'majority')} | {r['truncated_rate']:.2f} "
+                      f"| {r['mean_tokens']:.0f} | {_num(r.get(f'auroc_{t}', float('nan')))} / "
+                      f"{_num(r.get(f'auroc_within_{t}', float('nan')))} ({r.get(f'auroc_within_questions_{t}', 0)})")
+        scorers = list(r.get("scorers") or [])
+        for i, sc in enumerate(scorers or [None]):
+            cells = pool_cells if i == 0 else " | ".join([""] * 8).strip()
+            if sc is None:
+                lines.append(f"| {cells} | – | – | – | – | – |")
+                continue
+            within = _ci(r, f"auroc_within_{sc}")
+            lines.append(f"| {cells} | {sc}{' (incomplete)' if sc in r.get('incomplete', []) else ''} "
+                         f"| {_ci(r, f'best-of-n__{sc}')} | {_ci(r, f'bon_gain__{sc}')} "
+                         f"| {_num(r.get(f'auroc_{sc}', float('nan')))} "
+                         f"| {within} ({r.get(f'auroc_within_questions_{sc}', 0)}) |")
     return "\n".join(lines)

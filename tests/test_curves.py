@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optscale.curves import (bon_correct, bootstrap_mean_ci, fixed_n_curves, majority_correct, pool_status,
-                             pool_status_markdown, pool_summary)
+from optscale.curves import (TOKENS_SCORER, auroc, auroc_summary, bon_correct, bootstrap_mean_ci, fixed_n_curves,
+                             majority_correct, pool_status, pool_status_markdown, pool_summary, scorer_auroc,
+                             within_question_auroc)
 from optscale.pools import Pool, replay_orders
 
 
@@ -62,19 +63,82 @@ def test_fixed_n_curves_and_summary():
     assert s.single_sample_accuracy == 0.25 and s["pass@4"] == 1.0 and s.auroc_oracle == 1.0
 
 
+def _pairs_auroc(scores, correct):
+    """Reference: the share of (correct, wrong) pairs the score orders right, ties one half."""
+    s, c = np.ravel(scores), np.ravel(correct).astype(bool)
+    pos, neg = s[c], s[~c]
+    return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+
+
+def test_auroc_on_hand_made_cases():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75  # 3 of 4 pairs ordered right
+    assert auroc([0.5, 0.5], [True, False]) == 0.5  # a tie counts one half
+    assert auroc([0.9, 0.1], [False, True]) == 0.0
+    assert auroc([np.nan, 0.2, 0.9], [False, False, True]) == 1.0  # an unscored sample is left out
+    assert np.isnan(auroc([0.2, 0.9], [True, True])) and np.isnan(auroc([np.nan, 0.3], [True, False]))
+    with pytest.raises(ValueError, match="3 scores but 2 labels"):
+        auroc([0.1, 0.2, 0.3], [True, False])
+
+
+def test_within_question_auroc_differs_from_pooled():
+    # q0 ranks its samples right, q1 has no wrong sample, q2 ranks them exactly wrong; pooled
+    # over all samples the score mostly separates easy from hard questions instead
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.4], [0.1, 0.2, 0.3]])
+    correct = np.array([[True, False, False], [True, True, True], [True, False, False]])
+    per_q = within_question_auroc(scores, correct)
+    assert per_q[0] == 1.0 and np.isnan(per_q[1]) and per_q[2] == 0.0
+    a = auroc_summary(scores, correct, reps=200, seed=0)
+    assert a["within"] == 0.5 and a["within_questions"] == 2
+    assert a["pooled"] == pytest.approx(_pairs_auroc(scores, correct)) and a["pooled"] != a["within"]
+    assert a["within_lo"] <= 0.5 <= a["within_hi"]
+    with pytest.raises(ValueError, match="same"):
+        within_question_auroc(scores, correct[:2])
+
+
+def test_token_count_baseline_auroc_direction():
+    pool = _toy_pool()  # question q's correct sample is its k = q-th, with 10 + k tokens
+    expected = _pairs_auroc(-pool.df["n_tokens"].to_numpy(float), pool.df["correct"].to_numpy())
+    assert scorer_auroc(pool, TOKENS_SCORER) == pytest.approx(expected)
+    per_q = within_question_auroc(-pool.tokens(), pool.correct())
+    assert per_q == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])  # the shortest sample is correct only in q0
+
+
 def test_pool_status_record_and_markdown():
     pool = _toy_pool()
+    pool.df["score__judge"] = np.tile([0.9, 0.1, 0.5, 0.3], 4)  # the first sample scores highest
     orders = replay_orders(4, 4, 50, seed=0)
     r = pool_status(pool, orders, reps=200)
     assert r["questions"] == 4 and r["samples_per_question"] == 4 and r["incomplete"] == []
+    assert r["scorers"] == ["judge", "oracle"]
     assert r["best-of-n__oracle"] == r["best-of-n__oracle_lo"] == 1.0  # perfect scorer, one correct each
+    assert r["bon_gain__oracle"] == r["bon_gain__oracle_hi"] == 0.75  # BoN 1.0 minus single-sample 0.25
+    assert r["best-of-n__judge"] == 0.25 and r["bon_gain__judge"] == 0.0  # picks sample 0: right in q0 only
+    assert r["auroc_within_oracle"] == 1.0 and r["auroc_within_questions_oracle"] == 4
+    assert r["auroc_within_judge"] == pytest.approx(np.mean([1.0, 0.0, 2 / 3, 1 / 3]))
+    assert r[f"auroc_within_{TOKENS_SCORER}"] == pytest.approx(0.5)
     curves = fixed_n_curves(pool, "oracle", orders, [4], reps=200).set_index("method")
     assert r["majority"] == curves.loc["majority", "accuracy"]  # a 4-way tie on each question: ~1/4 right
     assert r["majority"] == pytest.approx(0.25, abs=0.1)
-    md = pool_status_markdown([r], "oracle").splitlines()
-    assert md[0].startswith("| benchmark |") and "BoN@n by oracle" in md[0] and len(md) == 3
-    assert md[2] == "| toy | 4 x 4 | 0.250 | 1.000 | 1.000 | " + md[2].split(" | ")[5] + " | 1.000 | 12 | 0.00 |"
+    md = pool_status_markdown([r]).splitlines()
+    assert md[0].startswith("| benchmark |") and "BoN@n − single" in md[0] and "AUROC within questions" in md[0]
+    assert len(md) == 4 and all(line.count("|") == md[0].count("|") for line in md)  # one line per scorer
+    assert md[2].startswith("| toy | 4 x 4 | 0.250 | 1.000 | ") and "| judge | 0.250 [0.000, 0.750] | 0.000 [-0.250, 0.500] | 0.500 |" in md[2]
+    assert md[3].endswith("| oracle | 1.000 | 0.750 | 1.000 | 1.000 (4) |")
     pool.df.loc[0, "score__oracle"] = np.nan
     r = pool_status(pool, orders, reps=200)
-    assert r["incomplete"] == ["oracle"] and "best-of-n__oracle" not in r
-    assert "| – |" in pool_status_markdown([r], "oracle")
+    assert r["incomplete"] == ["oracle"] and "best-of-n__oracle" not in r and "bon_gain__oracle" not in r
+    assert "| oracle (incomplete) | – | – |" in pool_status_markdown([r])
+
+
+def test_generate_info_prints_every_scorer_and_the_token_baseline(capsys):
+    from optscale.generate import main
+
+    fast = "pools.replay_orders=5,evaluation.bootstrap_reps=50"
+    assert main(["info", "--datasets", "amc23", "--overrides", fast, "--format", "markdown"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("| amc23 | 40 x 8 |") and "| lm-judge |" in out[2] and "| self-certainty |" in out[3]
+    assert main(["info", "--datasets", "amc23", "--overrides", fast]) == 0
+    text = capsys.readouterr().out
+    assert "token count alone (shorter = predicted correct): AUROC pooled" in text
+    assert "self-certainty: AUROC pooled 0.721, within questions" in text
+    assert "best-of-n@8 minus single-sample accuracy" in text

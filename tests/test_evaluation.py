@@ -1,5 +1,7 @@
 """Replay, curves, bootstrap / permutation statistics and tuning isolation on small pools."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -144,7 +146,7 @@ def test_tuning_never_sees_the_test_split(monkeypatch):
     monkeypatch.setattr(ev, "tune", spy_tune)
     _Spy.prepared.clear()
     res = ev.evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
-                      verbose=False)
+                      protocol="calibrated", verbose=False)
     assert seen_in_tuning and all(s.isdisjoint(test_ids) for s in seen_in_tuning)
     assert _Spy.prepared and all(s.isdisjoint(test_ids) for s in _Spy.prepared)
     assert set(res.logs["question_id"]) == test_ids
@@ -194,3 +196,149 @@ def test_figures_return_figures():
     fig = plot_pareto(res.summary, ev.curve_table(res, reps=50), title="toy")
     assert len(fig.axes[0].lines) >= 2
     assert plot_savings(res.savings).axes
+
+
+def test_crossfit_folds_are_seeded_halves_covering_every_question_once():
+    ids = [f"q{i}" for i in range(41)]
+    a, b = ev.crossfit_folds(ids, seed=0)
+    assert sorted(np.concatenate([a, b]).tolist()) == list(range(41)) and set(a).isdisjoint(b)
+    assert {len(a), len(b)} == {20, 21}
+    a2, b2 = ev.crossfit_folds(ids, seed=0)
+    assert a2.tolist() == a.tolist() and b2.tolist() == b.tolist()
+    a3, _ = ev.crossfit_folds(ids, seed=1)
+    assert a3.tolist() != a.tolist()
+    with pytest.raises(ValueError, match="duplicate question ids"):
+        ev.crossfit_folds(["q1", "q2", "q1"], seed=0)
+
+
+def test_crossfit_tunes_each_fold_on_the_other_half_and_reports_every_question_once(monkeypatch):
+    d = small_pool(Q=30)
+    half_a, half_b = ev.crossfit_folds(d.question_ids, seed=4)
+    halves = [set(d.question_ids[half_a]), set(d.question_ids[half_b])]
+    tuned, reset_in_tuning = [], []
+    real_tune = ev.tune
+
+    def spy_tune(name, calib, *a, **k):
+        tuned.append(set(calib.question_ids))
+        _Spy.reset_ids.clear()
+        out = real_tune(name, calib, *a, **k)
+        reset_in_tuning.append(set(_Spy.reset_ids))
+        return out
+
+    monkeypatch.setattr(ev, "tune", spy_tune)
+    _Spy.prepared.clear()
+    res = ev.evaluate(d, policies=["spy-test", "bon"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
+                      verbose=False)
+    assert res.protocol == "crossfit"
+    # fold 1 is tuned (and prepared) on half B and reported on half A, fold 2 the other way round
+    assert tuned == [halves[1], halves[0]] and reset_in_tuning == [halves[1], halves[0]]
+    # prepared once per grid point while tuning and once before reporting, on the tuning half only
+    assert _Spy.prepared == [halves[1]] * 3 + [halves[0]] * 3
+    logs = res.logs[res.logs["policy"] == "spy-test"]
+    assert sorted(logs["question_id"]) == sorted(d.question_ids)  # every question once
+    assert set(logs.loc[logs["fold"] == 1, "question_id"]) == halves[0]
+    assert set(logs.loc[logs["fold"] == 2, "question_id"]) == halves[1]
+    assert res.summary["test_questions"].tolist() == [30, 30] and res.summary["folds"].tolist() == [2, 2]
+    assert len(json.loads(res.summary.set_index("policy").loc["spy-test", "params"])) == 2  # one per fold
+
+
+def test_crossfit_pools_both_folds_in_pool_order():
+    d = small_pool(Q=20)
+    res = ev.evaluate(d, policies=["bon"], orders=4, tune_orders=2, bootstrap_reps=50, order_seed=7, verbose=False)
+    # BoN@max_N needs no tuning: the pooled per-question results are those of the whole pool
+    full = bon_curve(d, replay_orders(d.n_questions, d.n, 4, seed=7))
+    assert np.array_equal(res.results["bon"].correct, full["correct"][-1])
+    assert np.array_equal(res.results["bon"].tokens, full["tokens"][-1])
+    assert res.reported_on.tolist() == list(range(20))
+    s = res.summary.iloc[0]
+    assert s["accuracy"] == pytest.approx(full["correct"][-1].mean()) and s["calibration_questions"] == "10/10"
+
+
+def test_population_prior_is_fitted_per_subset_never_shared():
+    d = small_pool(Q=20)
+    a, b = ev.crossfit_folds(d.question_ids, seed=0)
+    pa = d.subset(a).population_prior()
+    pb = d.subset(b).population_prior()  # before the fix: the cached prior of half A
+    assert pb != pa
+    fresh = small_pool(Q=20).subset(b).population_prior()
+    assert pb == fresh
+
+
+def test_noninferiority_one_sided_bound_and_verdict():
+    rng = np.random.default_rng(3)
+    b = rng.random(400)
+    slightly_worse = paired_test(b - 0.01, b, rng=0, reps=500, ni_margin=0.02, ni_level=0.95)
+    assert slightly_worse["ni_lower"] == pytest.approx(-0.01) and slightly_worse["non_inferior"]
+    worse = paired_test(b - 0.03, b, rng=0, reps=500, ni_margin=0.02, ni_level=0.95)
+    assert worse["ni_lower"] == pytest.approx(-0.03) and not worse["non_inferior"]
+    noisy = paired_test(b + rng.normal(0, 0.2, 400), b, rng=0, reps=2000, level=0.95, ni_level=0.95)
+    # the one-sided 95% bound is the 5% quantile: between the two-sided 95% lower end and the mean
+    assert noisy["lo"] < noisy["ni_lower"] < noisy["diff"]
+    assert noisy["non_inferior"] == (noisy["ni_lower"] > -0.02)
+
+
+def test_crossfit_tables_are_byte_identical_for_the_same_seed():
+    d = small_pool(Q=24, seed=2)
+    kw = dict(policies=["bon", "majority", "esc", "optscale-0", "optscale-t"], orders=3, tune_orders=2,
+              bootstrap_reps=100, verbose=False)
+    a, b = ev.evaluate(d, **kw), ev.evaluate(small_pool(Q=24, seed=2), **kw)
+    for name in ("summary", "savings", "logs", "tuning"):
+        assert getattr(a, name).to_csv(index=False) == getattr(b, name).to_csv(index=False), name
+    v = ev.verdict_table(a.savings).set_index("policy")
+    assert v.loc["bon", "non-inferior (margin 0.02)"] == "yes" and v.loc["bon", "tokens saved % [CI]"] == "0.0 [0.0, 0.0]"
+    c = ev.evaluate(d, **{**kw, "split_seed": 1})
+    assert c.summary.to_csv(index=False) != a.summary.to_csv(index=False)
+
+
+def test_a_split_under_ten_questions_is_warned_in_notes_and_summary():
+    # issue 17 item 8: evaluate with 1 test question used to report a zero-width CI without a word
+    d = small_pool(Q=12)
+    seed = next(s for s in range(500) if len(split_questions(d.question_ids, 0.9, s)[1]) == 1)
+    res = ev.evaluate(d, policies=["bon"], calibration_fraction=0.9, split_seed=seed, protocol="calibrated",
+                      orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    assert res.summary["test_questions"].tolist() == [1]
+    msg = "warning: the test split has only 1 question(s), fewer than 10"
+    assert any(n.startswith(msg) for n in res.notes)
+    assert res.summary["warning"].str.contains(msg, regex=False).all()
+    cf = ev.evaluate(small_pool(Q=15), policies=["bon"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    assert sum("cross-fitting half" in n and "fewer than 10" in n for n in cf.notes) == 2
+    big = ev.evaluate(small_pool(Q=24), policies=["bon"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    assert not any("fewer than 10" in n for n in big.notes) and (big.summary["warning"] == "").all()
+
+
+def _fake_pool(tmp_path, n_q=12, n=4):
+    from optscale.config import load_config
+    from optscale.data import Problem
+    from optscale.pools import generate_pool
+    from optscale.samplers.fake import FAKE_GOLD, FakeSampler
+    from optscale.scorers import get_scorer
+
+    cfg = load_config("cpu", {"pools.pool_dir": str(tmp_path), "pools.pool_name": "fake", "sampling.backend": "fake",
+                              "sampling.n_samples.gsm8k": n, "data.benchmarks": ["gsm8k"],
+                              "evaluation.policies": ["bon", "majority"], "evaluation.max_N": n,
+                              "evaluation.orders": 2, "evaluation.tune_orders": 1, "evaluation.bootstrap_reps": 50})
+    problems = [Problem("gsm8k", f"q{i}", f"What is {i}+1?", FAKE_GOLD, i) for i in range(n_q)]
+    path = generate_pool(cfg, "gsm8k", problems, FakeSampler(cfg.sampling),
+                         [get_scorer("self-certainty", cfg.scoring)], progress=False)
+    return cfg, path
+
+
+def test_questions_with_nan_scores_are_dropped_by_id_into_the_notes_table(tmp_path):
+    # issue 17 item 9: the allow_partial_scores path dropped such questions with a printed note only
+    from optscale.pools import read_pool, write_pool
+
+    cfg, path = _fake_pool(tmp_path)
+    pool = read_pool(path)
+    df = pool.df.copy()
+    df.loc[(df["question_id"] == "q3") & (df["sample_index"] == 1), "score__self-certainty"] = np.nan
+    df.loc[df["question_id"] == "q7", "score__self-certainty"] = np.nan
+    write_pool(df, pool.meta, path, allow_partial_scores=True)
+    data = ev.pool_arrays(read_pool(path, allow_partial_scores=True), "self-certainty", verbose=False)
+    assert "q3" not in set(data.question_ids) and "q7" not in set(data.question_ids) and data.n_questions == 10
+    tables = ev.run_evaluation(cfg, tmp_path / "run", verbose=False)
+    notes = tables["notes"]["note"].tolist()
+    dropped = [n for n in notes if "NaN scores" in n]
+    assert dropped == ["gsm8k: dropped 2 question(s) not (fully) scored by 'self-certainty' (NaN scores): q3, q7"]
+    on_disk = (tmp_path / "run" / "tables" / "evaluation_notes.csv").read_text()
+    assert "q3, q7" in on_disk
+    assert set(tables["summary"]["test_questions"]) == {10}

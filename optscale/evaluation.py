@@ -672,7 +672,7 @@ def evaluate(data: PoolArrays, policies: Sequence[str] | None = None, max_N: int
     notes: list[str] = list(data.meta.get("notes", []))
     if data.prior is None:
         notes.append("no predictor prior: optscale-t, optscale-seq and dsc use the population prior "
-                     "fitted on the calibration split" + (" of each fold" if len(folds) > 1 else ""))
+                     + ("fitted on the tuning half of each fold" if len(folds) > 1 else "fitted on the calibration split"))
     notes += warnings
     o_tune_all = replay_orders(Q, data.n, tune_orders, order_seed + 1)
     o_test_all = replay_orders(Q, data.n, orders, order_seed)
@@ -804,7 +804,8 @@ def verdict_table(savings: pd.DataFrame) -> pd.DataFrame:
             "accuracy": round(r.accuracy, 3), "bon_accuracy": round(r.bon_accuracy, 3),
             "accuracy - BoN [CI]": f"{r.acc_diff:+.3f} [{r.acc_diff_lo:+.3f}, {r.acc_diff_hi:+.3f}]",
             f"one-sided {r.ni_level:.0%} lower bound": f"{r.ni_lower:+.3f}",
-            f"non-inferior (margin {r.ni_margin:g})": "yes" if r.non_inferior else "no",
+            f"non-inferior (margin {r.ni_margin:g})": ("yes" if r.non_inferior else "no") + (
+                " (trivially: neither is ever correct)" if r.accuracy == 0 and r.bon_accuracy == 0 else ""),
             "tokens saved % [CI]": f"{100 * r.saved:.1f} [{100 * r.saved_lo:.1f}, {100 * r.saved_hi:.1f}]",
         })
     return pd.DataFrame(rows)
@@ -930,10 +931,10 @@ def load_prior_table(run_dir: str | Path, dataset: str, question_ids: Sequence[s
     """Predictor output for ``dataset`` if notebook 03/04 left one at
     ``<run_dir>/tables/predictor_prior_<dataset>.csv`` (columns question_id, mu, sigma[,
     uncertainty]); returns (questions x 2|3 array aligned with ``question_ids``, source) or
-    (None, "population prior (calibration split)")."""
+    (None, "population prior (fitted on the tuning questions)")."""
     path = Path(run_dir) / "tables" / f"predictor_prior_{dataset}.csv"
     if not path.is_file():
-        return None, "population prior (calibration split)"
+        return None, "population prior (fitted on the tuning questions)"
     t = pd.read_csv(path)
     missing = {"question_id", "mu", "sigma"} - set(t.columns)
     if missing:
@@ -942,7 +943,7 @@ def load_prior_table(run_dir: str | Path, dataset: str, question_ids: Sequence[s
     t = t.set_index(t["question_id"].astype(str))
     absent = [q for q in question_ids if str(q) not in t.index]
     if absent:
-        return None, f"population prior (calibration split; {path.name} lacks {len(absent)} of the pool's questions)"
+        return None, f"population prior (fitted on the tuning questions; {path.name} lacks {len(absent)} of the pool's questions)"
     return t.loc[[str(q) for q in question_ids], cols].to_numpy(float), f"predictor ({path.name})"
 
 

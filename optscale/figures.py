@@ -46,20 +46,26 @@ def plot_pareto(summary: pd.DataFrame, curves: pd.DataFrame, title: str = "", ax
 
 def plot_savings(savings: pd.DataFrame, title: str = ""):
     """Tokens saved vs BoN@max_N per policy and dataset (bars with bootstrap CIs); policies
-    whose accuracy is not shown equivalent to BoN (paired test) are hatched."""
+    whose accuracy is not shown non-inferior to BoN (``non_inferior``; tables without it:
+    ``matches_bon``, equivalence) are hatched."""
+    from matplotlib.patches import Patch
+
     s = savings[~savings["policy"].isin(["bon"])].copy()
     # hatch what is not shown non-inferior to BoN (older tables: not shown equivalent)
     flag, what = ("non_inferior", "not shown non-inferior to BoN") if "non_inferior" in s else \
         ("matches_bon", "not shown equivalent to BoN")
     datasets = list(dict.fromkeys(s["dataset"]))
     policies = list(dict.fromkeys(s["policy"]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(policies) * max(1, len(datasets))), 3.8))
+    # about 0.17 in per bar, at most 13 in wide, so that labels stay readable at page width
+    fig, ax = plt.subplots(figsize=(min(13.0, max(6.0, 0.17 * len(policies) * max(1, len(datasets)) + 1.5)), 4.0))
     width = 0.8 / max(1, len(datasets))
     x = np.arange(len(policies))
+    handles = []
     for j, ds in enumerate(datasets):
         g = s[s["dataset"] == ds].set_index("policy").reindex(policies)
         err = np.vstack([g["saved"] - g["saved_lo"], g["saved_hi"] - g["saved"]])
         bars = ax.bar(x + j * width, 100 * g["saved"], width, yerr=100 * np.nan_to_num(err), capsize=2, label=ds)
+        handles.append(Patch(facecolor=bars.patches[0].get_facecolor(), label=ds))
         for b, ok in zip(bars, g[flag].fillna(False).astype(bool)):
             if not ok:
                 b.set_hatch("//")
@@ -68,7 +74,8 @@ def plot_savings(savings: pd.DataFrame, title: str = ""):
     ax.set_xticklabels(policies, rotation=40, ha="right", fontsize=8)
     ax.set_ylabel("tokens saved vs BoN@max_N (%)")
     ax.set_title(title + ("\n" if title else "") + f"hatched: accuracy {what} (paired bootstrap)", fontsize=8)
-    ax.legend(fontsize=7)
+    handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label=f"accuracy {what}"))
+    ax.legend(handles=handles, fontsize=7, ncol=min(6, len(handles)))
     fig.tight_layout()
     return fig
 

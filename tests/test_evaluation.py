@@ -342,3 +342,35 @@ def test_questions_with_nan_scores_are_dropped_by_id_into_the_notes_table(tmp_pa
     on_disk = (tmp_path / "run" / "tables" / "evaluation_notes.csv").read_text()
     assert "q3, q7" in on_disk
     assert set(tables["summary"]["test_questions"]) == {10}
+
+
+def test_verifier_auroc_points_skip_a_missing_pool_set_and_plot(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optscale.curves import within_question_auroc
+    from optscale.figures import plot_verifier_auroc
+    from optscale.pools import read_pool
+
+    cfg, path = _fake_pool(tmp_path, n_q=16)
+    cfg = cfg.replace({"evaluation": {"auroc_pool_sets": ["fake", "not-generated-yet"], "protocol": "calibrated"}})
+    points, notes = ev.verifier_auroc_points(cfg, tmp_path / "run", verbose=False)
+    assert notes[0] == f"pool set 'not-generated-yet': no directory {tmp_path / 'not-generated-yet'}; skipped"
+    assert len(points) == 1
+    p = points.iloc[0]
+    assert (p["pool_set"], p["dataset"], p["scorer"], p["policy"], p["protocol"]) == \
+        ("fake", "gsm8k", "self-certainty", "optscale-0", "crossfit")  # cross-fitted whatever the config says
+    pool = read_pool(path)
+    per_q = within_question_auroc(pool.scores("self-certainty"), pool.correct())
+    assert p["auroc_within"] == pytest.approx(np.nanmean(per_q))
+    assert p["auroc_within_questions"] == int(np.isfinite(per_q).sum())
+    assert p["auroc_within_lo"] <= p["auroc_within"] <= p["auroc_within_hi"] and p["saved_lo"] <= p["saved"] <= p["saved_hi"]
+    # the evaluation behind the point is the cross-fitted one of notebook 05 for this scorer
+    data = ev.pool_arrays(pool, "self-certainty", cfg.evaluation.max_N, verbose=False)
+    s = ev.evaluate_config(data, cfg.replace({"evaluation.protocol": "crossfit"}), policies=["bon", "optscale-0"],
+                           verbose=False).savings.set_index("policy").loc["optscale-0"]
+    assert (p["saved"], p["acc_diff"], p["ni_lower"]) == (s["saved"], s["acc_diff"], s["ni_lower"])
+    fig = plot_verifier_auroc(points, 0.02)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "gsm8k (vs BoN@4)"
+    caption = ev.verifier_auroc_caption(points, cfg, notes)
+    assert "fake/gsm8k (generator" in caption and "scorers self-certainty" in caption

@@ -25,12 +25,15 @@ class FakeSampler(Sampler):
     name = "fake"
 
     def __init__(self, config: Any = None, p_correct: float | None = None, max_tokens: int = 200,
-                 delay_s: float = 0.0):
+                 delay_s: float = 0.0, questions_in_flight: int = 1):
         self.config = config
         self.delay_s = delay_s  # sleep per sample, so a test can kill a run part-way
         self.p_correct = p_correct
         self.max_tokens = max_tokens
+        # requests per generate() call that pool generation sends (a batching backend's knob)
+        self.questions_in_flight = questions_in_flight
         self.calls: list[SampleRequest] = []  # every request served (tests count them)
+        self.batches: list[int] = []  # requests per generate() call
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": "fake", "p_correct": self.p_correct}
@@ -52,4 +55,5 @@ class FakeSampler(Sampler):
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
         self.calls.extend(requests)
+        self.batches.append(len(requests))
         return [[self._one(r, i) for i in range(r.n)] for r in requests]

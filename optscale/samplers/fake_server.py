@@ -126,6 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # a real server's backlog; the stdlib default (5) resets bursts of connections
     fake: "FakeOpenAIServer"
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:

@@ -37,28 +37,62 @@ def _problems(cfg, ds):
     return load_benchmark(ds, cfg.data.data_dir, limit=cfg.data.max_questions[ds] or None)
 
 
+def _pools_sampler(cfg, args):
+    """The sampler and the scorers that run on this machine: a Ray runner (``--ray``) samples and
+    scores on its workers, so nothing is loaded here."""
+    online = args.online.split(",") if args.online else []
+    if args.ray:
+        from .distributed import RayPoolSampler
+
+        return RayPoolSampler(cfg, address=args.ray, num_workers=args.ray_workers or None,
+                              scorers=online, questions_per_call=args.questions_in_flight or None), []
+    sampler = get_sampler(cfg.sampling.backend, cfg.sampling)
+    return sampler, build_scorers(cfg, sampler, online)
+
+
+def _print_summary(sampler, t0, n0) -> None:
+    if hasattr(sampler, "format_summary"):
+        served = sum(r["served"] for r in sampler.run_summary()) - n0
+        dt = time.time() - t0
+        print(f"replicas after {dt:.1f} s ({served} samples, {served / max(dt, 1e-9):.1f} samples/s):\n"
+              f"{sampler.format_summary()}", file=sys.stderr)
+
+
 def cmd_pools(args) -> int:
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
-    sampler = get_sampler(cfg.sampling.backend, cfg.sampling)
-    scorers = build_scorers(cfg, sampler, args.online.split(",") if args.online else [])
+    sampler, scorers = _pools_sampler(cfg, args)
     problems = {ds: _problems(cfg, ds) for ds in datasets}
     deadline = time.time() + args.hours * 3600 if args.hours else None
-    while True:
-        progressed = False
-        for ds in datasets:
-            path = pool_path(cfg, ds)
-            before = read_pool(path, allow_partial_scores=True).n_questions if path.is_file() else 0
-            if before >= len(problems[ds]):
-                continue
-            generate_pool(cfg, ds, problems[ds], sampler, scorers, max_questions=args.chunk,
-                          flush_every=args.flush_every, deadline=deadline)
-            progressed = True
-            if deadline is not None and time.time() >= deadline:
-                print(f"stopping after {args.hours} h; rerun the same command to continue", file=sys.stderr)
+    chunk = args.chunk
+    if chunk is None:  # questions per benchmark per round
+        chunk = 8
+        width = getattr(sampler, "parallel_slots", 0)  # samples in flight at once across replicas
+        if width:  # long rounds, so the replicas rarely wait for a round's last question
+            chunk = max(chunk, 8 * -(-width // max(min(cfg.sampling.n_samples[ds] for ds in datasets), 1)))
+    if getattr(sampler, "api", None) == "completions":
+        sampler.tokenizer  # the chat template's tokenizer loads once, before the clock starts
+    t0 = time.time()
+    n0 = sum(r["served"] for r in sampler.run_summary()) if hasattr(sampler, "run_summary") else 0
+    try:
+        while True:
+            progressed = False
+            left = [ds for ds in datasets if len(problems[ds]) > (
+                read_pool(pool_path(cfg, ds), allow_partial_scores=True).n_questions
+                if pool_path(cfg, ds).is_file() else 0)]
+            for ds in left:
+                generate_pool(cfg, ds, problems[ds], sampler, scorers,
+                              max_questions=chunk if len(left) > 1 else None, flush_every=args.flush_every,
+                              deadline=deadline, questions_in_flight=args.questions_in_flight or None)
+                progressed = True
+                if deadline is not None and time.time() >= deadline:
+                    print(f"stopping after {args.hours} h; rerun the same command to continue", file=sys.stderr)
+                    return 0
+            if not progressed:
                 return 0
-        if not progressed:
-            return 0
+    finally:
+        _print_summary(sampler, t0, n0)
+        sampler.close()
 
 
 def cmd_score(args) -> int:
@@ -147,7 +181,15 @@ def main(argv=None) -> int:
         p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
         p.add_argument("--datasets", default="", help="comma-separated subset of the profile's benchmarks")
         if name == "pools":
-            p.add_argument("--chunk", type=int, default=8, help="questions per benchmark per round")
+            p.add_argument("--chunk", type=int, default=None,
+                           help="questions per benchmark per round (default 8; more with many replicas)")
+            p.add_argument("--questions-in-flight", type=int, default=0,
+                           help="questions sampled at once (default: the backend's; requests per call in-process)")
+            p.add_argument("--ray", default="", metavar="ADDRESS",
+                           help="sample on a Ray cluster: 'auto' (this node's cluster), ray://host:10001, or "
+                                "'local' (a cluster started here); see docs/gpu_and_cluster.md")
+            p.add_argument("--ray-workers", type=int, default=0,
+                           help="Ray workers (actors) holding a sampler (default: one per GPU, else per CPU)")
             p.add_argument("--flush-every", type=int, default=4)
             p.add_argument("--online", default="self-certainty",
                            help="scorers to run while sampling (others: `score` afterwards)")

@@ -23,18 +23,21 @@ step_scores__<s.>   list<float64>  per-step scores in [0, 1]
 ==================  =============  ===========================================================
 
 Generator and scorer metadata, the sampling config, git hash and creation time are kept once
-per file in the Parquet key-value metadata under ``optscale``. Generation appends each finished
-question to a JSONL checkpoint next to the pool and merges the checkpoint into the Parquet file
-every few questions (write to a temporary file, then rename), so a killed run loses at most the
-question in flight and a rerun resumes where it stopped.
+per file in the Parquet key-value metadata under ``optscale``. Generation keeps several questions
+in flight, appends each finished question (in any order) to a JSONL checkpoint next to the pool
+and merges the checkpoint into the Parquet file every few questions (write to a temporary file,
+then rename, rows sorted by question), so a killed run loses at most the questions in flight and
+a rerun resumes with the missing ones.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 META_KEY = b"optscale"
+_log = logging.getLogger("optscale.pools")
 
 POOL_SCHEMA = pa.schema(
     [
@@ -372,6 +376,61 @@ def _git_hash() -> str | None:
     return git_hash()
 
 
+def _complete_questions(sampler: Sampler, scorers: Sequence[Any], jobs: Iterable[tuple[Problem, SampleRequest]],
+                        questions_in_flight: int | None) -> Iterable[tuple[Problem, list[Completion], dict[str, list]]]:
+    """``(problem, completions, scores)`` for every job, as each question completes.
+
+    Three ways, by what the sampler offers: ``iter_questions`` (a distributed runner whose workers
+    sample and score; see :mod:`optscale.distributed`), ``iter_complete`` (the endpoint sampler:
+    many questions in flight across replicas, returned in completion order), or plain
+    ``generate`` with ``questions_in_flight`` requests per call (in-process backends batch across
+    questions). ``jobs`` is read lazily, so a deadline checked in it starts no new question late.
+    Local ``scorers`` score every question whose scores did not come back with it."""
+
+    def scored(p: Problem, comps: list[Completion], scores: dict[str, list] | None = None):
+        scores = dict(scores or {})
+        for sc in scorers:
+            if sc.name not in scores:
+                scores[sc.name] = sc.score(p.question, comps)
+        return p, comps, scores
+
+    if hasattr(sampler, "iter_questions"):
+        for p, comps, scores in sampler.iter_questions(jobs, questions_in_flight):
+            yield scored(p, comps, scores)
+        return
+    if hasattr(sampler, "iter_complete"):
+        for p, comps in sampler.iter_complete(jobs, max_open=questions_in_flight):
+            yield scored(p, comps)
+        return
+    k = max(int(questions_in_flight or getattr(sampler, "questions_in_flight", 1) or 1), 1)
+    it = iter(jobs)
+    while True:
+        batch = list(islice(it, k))
+        if not batch:
+            return
+        outs = sampler.generate([req for _, req in batch])
+        if len(outs) != len(batch):
+            raise PoolError(f"sampler {sampler.name!r} returned {len(outs)} results for {len(batch)} requests")
+        for (p, _), comps in zip(batch, outs):
+            yield scored(p, comps)
+
+
+def _replica_summary(sampler: Sampler, before: list[dict] | None) -> list[dict] | None:
+    """Per-replica counts of this run (the sampler's counters minus those at its start)."""
+    if not hasattr(sampler, "run_summary"):
+        return None
+    now = sampler.run_summary()
+    if before is None:
+        return now
+    prev = {r["url"]: r for r in before}
+    out = []
+    for r in now:
+        b = prev.get(r["url"], {})
+        out.append({**r, **{k: r[k] - b.get(k, 0) for k in ("served", "failed", "retried", "tokens")
+                            if isinstance(r.get(k), int)}})
+    return out
+
+
 def generate_pool(
     config: RunConfig,
     dataset: str,
@@ -384,14 +443,24 @@ def generate_pool(
     max_questions: int | None = None,
     on_question: Callable[[Problem], None] | None = None,
     deadline: float | None = None,
+    questions_in_flight: int | None = None,
 ) -> Path:
     """Sample ``n_samples[dataset]`` completions for every problem not yet in the pool, grade
-    and score them, checkpoint after each question, merge into Parquet every ``flush_every``
-    questions and at the end. Returns the pool path. Safe to kill and rerun.
+    and score them, checkpoint each question as it completes, merge into Parquet every
+    ``flush_every`` questions and at the end. Returns the pool path. Safe to kill and rerun.
+
+    Several questions are in flight at once: ``questions_in_flight`` (default: the sampler's
+    ``questions_in_flight``, else 1) requests per ``generate()`` call for in-process samplers;
+    for the endpoint sampler the most questions open while samples stream across the replicas.
+    Questions complete and are checkpointed in any order; each is sampled with its own seed
+    (``derive_seed(seed, dataset, question id)``), so the pool does not depend on that order, and
+    the Parquet file is sorted by question. If the sampler fails, every question that finished
+    is in the checkpoint before the error is raised.
 
     ``max_questions`` stops after that many new questions (for interleaving benchmarks);
     ``deadline`` (a ``time.time()`` value) starts no new question after it, so a time-boxed run
-    overshoots by at most the question in flight.
+    overshoots by at most the questions in flight. A sampler with replicas (``run_summary()``)
+    has its per-replica counts of this run logged and stored in the metadata (``run_summary``).
     """
     from tqdm.auto import tqdm
 
@@ -403,7 +472,8 @@ def generate_pool(
         "dataset": dataset,
         "pool_name": config.pools.pool_name,
         "generator": sampler.describe(),
-        "scorers": {sc.name: sc.describe() for sc in scorers},
+        "scorers": {**{sc.name: sc.describe() for sc in scorers},
+                    **(sampler.scorer_descriptions() if hasattr(sampler, "scorer_descriptions") else {})},
         "n_samples": n,
         "max_new_tokens": cap,
         "seed": s.seed,
@@ -430,33 +500,55 @@ def generate_pool(
         base_df = _merge_checkpoint_rows(path, ckpt, base_df, meta)
 
     flush()  # a checkpoint left by a killed run is merged first
-    since = 0
-    bar = tqdm(todo, desc=f"{dataset} pool", disable=not progress)
-    for p in bar:
-        t0 = time.time()
-        if deadline is not None and t0 >= deadline:
-            break
-        req = SampleRequest(
-            prompt=load_prompt_template(s.prompt_template).replace("{question}", p.question).strip(),
-            n=n, max_new_tokens=cap, seed=derive_seed(s.seed, dataset, p.id), key=f"{dataset}/{p.id}",
-        )
-        comps = sampler.generate([req])[0]
-        scores = {sc.name: sc.score(p.question, comps) for sc in scorers}
-        rows = _rows_for_question(p, comps, scores)
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        with open(ckpt, "a") as f:
-            f.write(json.dumps({"question_id": p.id, "rows": rows}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        toks = sum(c.n_tokens for c in comps)
-        bar.set_postfix(acc=f"{np.mean([r['correct'] for r in rows]):.2f}", tok_s=f"{toks / (time.time() - t0):.1f}")
-        if on_question:
-            on_question(p)
-        since += 1
-        if since >= flush_every:
-            flush()
-            since = 0
-    flush()
+    template = load_prompt_template(s.prompt_template)
+
+    def jobs():
+        for p in todo:
+            if deadline is not None and time.time() >= deadline:
+                return
+            yield p, SampleRequest(
+                prompt=template.replace("{question}", p.question).strip(),
+                n=n, max_new_tokens=cap, seed=derive_seed(s.seed, dataset, p.id), key=f"{dataset}/{p.id}",
+            )
+
+    before = sampler.run_summary() if hasattr(sampler, "run_summary") else None
+    t0, finished, toks, since = time.time(), 0, 0, 0
+    bar = tqdm(total=len(todo), desc=f"{dataset} pool", disable=not progress)
+    ok = False
+    try:
+        for p, comps, scores in _complete_questions(sampler, scorers, jobs(), questions_in_flight):
+            rows = _rows_for_question(p, comps, scores)
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            with open(ckpt, "a") as f:
+                f.write(json.dumps({"question_id": p.id, "rows": rows}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            finished += 1
+            toks += sum(c.n_tokens for c in comps)
+            bar.update(1)
+            bar.set_postfix(acc=f"{np.mean([r['correct'] for r in rows]):.2f}",
+                            tok_s=f"{toks / max(time.time() - t0, 1e-9):.1f}")
+            if on_question:
+                on_question(p)
+            since += 1
+            if since >= flush_every:
+                flush()
+                since = 0
+        ok = True
+    finally:
+        bar.close()
+        summary = _replica_summary(sampler, before)
+        if summary is not None:
+            meta["run_summary"] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   "questions": finished, "seconds": round(time.time() - t0, 3),
+                                   "replicas": summary}
+            _log.info("%s: %d question(s) in %.1f s; per replica: %s", dataset, finished, time.time() - t0,
+                      "; ".join(f"{r['url']} served {r['served']} failed {r['failed']} retried {r['retried']}"
+                                + ("" if r["alive"] else f" dead since {r['dead_since']}") for r in summary))
+    if ok:
+        flush()
+        if since == 0 and finished and base_df is not None:  # the last flush came before the run summary
+            write_pool(base_df, meta, path, allow_partial_scores=True)
     return path
 
 

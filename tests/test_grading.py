@@ -1,7 +1,21 @@
+import subprocess
+import sys
+import time
+
 import pytest
 
+from optscale.config import load_config
 from optscale.data import load_benchmark
-from optscale.grading import answer_classes, extract_answer, extract_boxed, grade, is_equivalent, split_steps
+from optscale.grading import (Grader, _verify, answer_classes, extract_answer, extract_boxed, grade, is_equivalent,
+                              split_steps)
+from optscale.pools import pool_path, read_pool
+
+
+@pytest.fixture(scope="module")
+def committed_answers():
+    """Per question of the committed MATH-500 and GSM8K pools, its stored answers."""
+    cfg = load_config("cpu")
+    return [list(row) for ds in ("math500", "gsm8k") for row in read_pool(pool_path(cfg, ds)).answers()]
 
 
 def test_extract_boxed_nested_and_last():
@@ -74,3 +88,95 @@ def test_split_steps():
     merged = split_steps(text, max_steps=2)
     assert len(merged) == 2 and text[merged[1][0]:merged[1][1]].endswith("three.")
     assert split_steps("") == [(0, 0)]
+
+
+# -- issue 16: a truncated sample must state its answer ------------------------------------------
+@pytest.mark.parametrize("text,stated", [
+    ("we get 3 then 7 apples", None),  # only a last number: no answer when truncated
+    (r"so it is \boxed{7} and then we", "7"),
+    ("Thus 7.\n#### 7", "7"),
+    ("So the answer is 7.\nLet me check", "7"),
+])
+def test_truncated_sample_needs_a_stated_answer(text, stated):
+    assert grade("7", text, finish_reason="length") == (stated, stated is not None)
+    assert grade("7", text, finish_reason="stop") == ("7", True)  # finished: last number kept
+    assert grade("7", text) == ("7", True)
+
+
+# -- issue 17 item 1: deterministic, parse once, compare once per pair of distinct forms ---------
+TOWER = "9^{9^{9}}"  # math-verify tries to evaluate it exactly: never finishes
+
+
+def test_each_distinct_string_is_parsed_once_and_forms_compared_once():
+    g = Grader()
+    answers = ["1/2", r"\frac{1}{2}", "0.5", r"\dfrac12", "1/2", "x+1", "1+x", "x+1", "2", "2"]
+    assert g.classes(answers) == [0, 0, 0, 0, 0, 5, 5, 5, 8, 8]
+    assert g.stats.parses == 7  # the distinct strings
+    # "\frac{1}{2}", "0.5", "\dfrac12" parse to the form of "1/2", and "2" vs 1/2 are exact rationals:
+    # the only verify calls are x+1 vs 1/2, 1+x vs 1/2, 1+x vs x+1 and 2 vs x+1
+    assert g.stats.compares == 4
+    assert [g.equivalent("1/2", a) for a in answers] == [True] * 5 + [False] * 5
+    assert g.stats.compares == 4  # (1/2, x+1) and (1/2, 1+x) were compared for the classes
+    assert g.stats.parses == 7
+
+
+def test_rational_shortcut_agrees_with_math_verify(committed_answers):
+    """For two exact-rational forms the grader decides without verify; check it against verify."""
+    g = Grader()
+    extra = [("1,000", "1000"), ("(3)", "3"), (r"\frac{4}{2}", "2"), ("0.5", r"\frac12"), (r"\$18", "18"),
+             ("-3", "3"), (r"\frac{1}{3}", "0.333333")]
+    pairs = extra + [(a, b) for row in committed_answers for a in row[:6] for b in row[:6] if a and b and a != b]
+    checked = 0
+    for a, b in pairs:
+        fa, fb = g.form(a), g.form(b)
+        if fa.rational is None or fb.rational is None:
+            continue
+        assert g._compare(fa, fb) == _verify(fa.parsed, fb.parsed), (a, b)
+        checked += 1
+    assert checked > 100 and g.stats.compares == 0
+
+
+def test_unresolved_comparison_is_recorded_not_silent(caplog):
+    g = Grader(cpu_budget_s=0.3)
+    with g.record() as st:
+        assert not g.equivalent("3", TOWER)
+        assert g.classes(["3", TOWER, TOWER, "4", "3.0"]) == [0, 1, 1, 3, 0]
+    assert st.compare_timeouts == {("3", TOWER)} and st.timeouts == 1
+    assert st.as_dict()["unresolved_examples"] == [f"3 vs {TOWER}"]
+    assert "used more than 0.3 s of CPU" in caplog.text and TOWER in caplog.text
+    with g.record() as again:  # a cached unresolved pair is still counted for the new record
+        g.equivalent("3", TOWER)
+    assert again.compare_timeouts == {("3", TOWER)} and again.compares == 0
+
+
+def _grade_cold(answers, gold, budget):
+    """Correctness + classes with every cache cleared (sympy's, math-verify's, the grader's)."""
+    import math_verify.parser
+    from sympy.core.cache import clear_cache
+
+    clear_cache()
+    math_verify.parser.parse_latex_cached.cache_clear()
+    math_verify.parser.parse_expr_cached.cache_clear()
+    g = Grader(cpu_budget_s=budget)
+    correct = [g.equivalent(gold, a) for a in answers]
+    return correct, g.classes(answers), sorted(g.stats.compare_timeouts), sorted(g.stats.parse_timeouts)
+
+
+def test_answer_classes_do_not_depend_on_cpu_load():
+    """Under 2 busy processes a 0.16 s comparison takes ~0.6 s of wall time (a wall-clock budget of
+    0.5 s would call it unresolved) but the same CPU time; the tower exceeds any budget."""
+    answers = ["5", "150000!", TOWER, r"\frac{1}{2}", "0.5", "5.0", "150000!"]
+    Grader().equivalent("1", "x")  # load the parsers first: the first parse is slow
+    idle = _grade_cold(answers, "5", budget=0.5)
+    assert idle[0] == [True, False, False, False, False, True, False]
+    assert idle[1] == [0, 1, 2, 3, 3, 0, 1]
+    assert idle[2] == [("5", TOWER)] and idle[3] == []
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        loaded = _grade_cold(answers, "5", budget=0.5)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert loaded == idle

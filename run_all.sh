@@ -28,8 +28,16 @@ if [[ ! -f "$ROOT/profiles/$PROFILE.yaml" ]]; then
   echo "run_all.sh: no profile '$PROFILE'; available: $(cd "$ROOT/profiles" && ls *.yaml | sed 's/.yaml//' | tr '\n' ' ')" >&2
   exit 2
 fi
-# Validate the profile and overrides before running anything (unknown keys raise).
-python -c "import sys; from optscale.config import load_config; load_config(sys.argv[1], sys.argv[2])" "$PROFILE" "$OVERRIDES"
+# Validate the profile and overrides before running anything (unknown keys, bad types and values
+# raise a ConfigError, printed as one line).
+python -c "
+import sys
+from optscale.config import ConfigError, load_config
+try:
+    load_config(sys.argv[1], sys.argv[2])
+except ConfigError as e:
+    sys.exit(f'run_all.sh: bad configuration: {e}')
+" "$PROFILE" "$OVERRIDES" || exit 2
 
 RUN_ID="${RUN_ID:-${PROFILE}-$(date -u +%Y%m%d-%H%M%S)}"
 RUN_DIR="$ROOT/outputs/$RUN_ID"

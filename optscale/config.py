@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -269,7 +270,112 @@ class RunConfig:
         return Path(self.output_root) / (self.run_id or self.profile)
 
 
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    text = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def ok(v: float) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return ok, text
+
+
+_UNIT_OPEN = _between(0, 1, True, True)
+_AT_LEAST_0 = (lambda v: v >= 0, "a number >= 0")
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+
+
+def _each(check, n: int | None = None):
+    ok, text = check
+
+    def ok_all(t: tuple) -> bool:
+        return (len(t) == n if n else len(t) > 0) and all(ok(x) for x in t)
+
+    return ok_all, f"{f'{n} values' if n else 'a non-empty list'}, each {text}"
+
+
+def _pair_increasing(check):
+    ok, text = check
+    return (lambda t: len(t) == 2 and ok(t[0]) and ok(t[1]) and t[0] < t[1]), f"(low, high), low < high, each {text}"
+
+
+# Allowed values of the numeric fields (checked after the types): dotted key -> (test, allowed).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "sampling.temperature": _between(0, 5),
+    "sampling.top_p": _between(0, 1, lo_open=True),
+    "sampling.seed": _AT_LEAST_0,
+    "sampling.batch_size": _AT_LEAST_1,
+    "sampling.top_k_logprobs": _AT_LEAST_0,
+    "sampling.max_in_flight_per_endpoint": _AT_LEAST_1,
+    "sampling.request_timeout_s": _POSITIVE,
+    "sampling.max_retries": _AT_LEAST_0,
+    "sampling.tensor_parallel_size": _AT_LEAST_1,
+    "sampling.gpu_memory_utilization": _between(0, 1, lo_open=True),
+    "scoring.max_steps": _AT_LEAST_1,
+    "scoring.prm_batch_size": _AT_LEAST_1,
+    "pools.replay_orders": _AT_LEAST_1,
+    "pools.replay_seed": _AT_LEAST_0,
+    "theory.deltas": _each(_UNIT_OPEN),
+    "theory.mc_questions": _AT_LEAST_1,
+    "theory.mc_trials": _AT_LEAST_1,
+    "theory.max_N": _AT_LEAST_1,
+    "theory.target_levels": (lambda t: len(t) == 2 and 0 < t[0] <= t[1] < 1, "(low, high) with 0 < low <= high < 1"),
+    "theory.reference_peek": ((lambda v: v in (3, 5, 10, 20)), "one of 3, 5, 10, 20 (reference/fits/*_peek{k}.csv)"),
+    "theory.seed": _AT_LEAST_0,
+    "fit.families": (lambda t: len(t) > 0, "a non-empty list of fit names"),
+    "fit.peeks": _each(_AT_LEAST_1),
+    "fit.prior_strength": _AT_LEAST_0,
+    "fit.prior_tau": _each(_POSITIVE, 2),
+    "fit.mu_bounds": _pair_increasing((lambda v: True, "a number")),
+    "fit.sigma_bounds": _pair_increasing(_POSITIVE),
+    "fit.delta": _UNIT_OPEN,
+    "fit.target_percentile": _UNIT_OPEN,
+    "fit.sim_scores": _AT_LEAST_1,
+    "fit.seed": _AT_LEAST_0,
+    "predictor.split_seed": _AT_LEAST_0,
+    "predictor.test_fraction": _UNIT_OPEN,
+    "predictor.cv_folds": (lambda v: v >= 2, "an integer >= 2"),
+    "predictor.epochs": _AT_LEAST_1,
+    "predictor.train_limit": _AT_LEAST_0,
+    "predictor.bootstrap_reps": _AT_LEAST_1,
+    "predictor.transfer_labeled": _AT_LEAST_0,
+    "predictor.lm_trainable_layers": _AT_LEAST_0,
+    "predictor.lm_epochs": _AT_LEAST_1,
+    "evaluation.max_N": _AT_LEAST_1,
+    "evaluation.calibration_fraction": _UNIT_OPEN,
+    "evaluation.split_seed": _AT_LEAST_0,
+    "evaluation.orders": _AT_LEAST_1,
+    "evaluation.tune_orders": _AT_LEAST_1,
+    "evaluation.tolerance": _between(0, 1),
+    "evaluation.margin": _between(0, 1),
+    "evaluation.deepconf_window": _AT_LEAST_1,
+    "evaluation.bootstrap_reps": _AT_LEAST_1,
+    "evaluation.ci_level": _UNIT_OPEN,
+    "evaluation.seed": _AT_LEAST_0,
+    "systems.questions": _AT_LEAST_1,
+    "systems.max_new_tokens": _AT_LEAST_1,
+    "systems.seed": _AT_LEAST_0,
+    "systems.bootstrap_reps": _AT_LEAST_1,
+    "systems.pf_max_steps": _AT_LEAST_1,
+    "systems.pf_step_tokens": _AT_LEAST_1,
+    "systems.markov_chains": _AT_LEAST_1,
+    "systems.optpo_prior": _POSITIVE,
+    "systems.optpo_max_samples": _AT_LEAST_1,
+    "systems.optpo_steps": _AT_LEAST_0,
+    "systems.optpo_lr": _POSITIVE,
+}
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    for key, (ok, allowed) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ConfigError(f"config key {key!r} = {value!r}: must be {allowed}")
+
+
 def _validate(cfg: RunConfig) -> None:
+    _check_ranges(cfg)
     s, d = cfg.sampling, cfg.data
     unknown = set(d.benchmarks) - set(BENCHMARKS)
     if unknown:
@@ -285,31 +391,18 @@ def _validate(cfg: RunConfig) -> None:
         bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise ConfigError(f"{name}: values must be non-negative integers, got {bad}")
-    if not 0.0 <= s.temperature <= 5.0:
-        raise ConfigError(f"sampling.temperature={s.temperature} outside [0, 5]")
-    if not 0.0 < s.top_p <= 1.0:
-        raise ConfigError(f"sampling.top_p={s.top_p} outside (0, 1]")
-    if s.batch_size < 1:
-        raise ConfigError("sampling.batch_size must be >= 1")
     if cfg.scoring.primary not in cfg.scoring.scorers:
         raise ConfigError(
             f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}"
         )
     if cfg.scoring.aggregation not in ("mean", "min", "last", "prod"):
         raise ConfigError(f"scoring.aggregation={cfg.scoring.aggregation!r}: use mean|min|last|prod")
-    if not 0.0 < cfg.evaluation.calibration_fraction < 1.0:
-        raise ConfigError("evaluation.calibration_fraction must be in (0, 1)")
     if cfg.evaluation.protocol not in ("crossfit", "calibrated"):
         raise ConfigError(f"evaluation.protocol={cfg.evaluation.protocol!r}: use crossfit|calibrated")
     if not isinstance(cfg.evaluation.noninferiority_level, float) or not 0.5 <= cfg.evaluation.noninferiority_level < 1.0:
         raise ConfigError(f"evaluation.noninferiority_level={cfg.evaluation.noninferiority_level!r} outside [0.5, 1)")
     if not isinstance(cfg.evaluation.noninferiority_margin, float) or not 0.0 <= cfg.evaluation.noninferiority_margin < 1.0:
         raise ConfigError(f"evaluation.noninferiority_margin={cfg.evaluation.noninferiority_margin!r} outside [0, 1)")
-    if not 0.0 < cfg.predictor.test_fraction < 1.0:
-        raise ConfigError("predictor.test_fraction must be in (0, 1)")
-    lo, hi = cfg.fit.mu_bounds
-    if not lo < hi:
-        raise ConfigError("fit.mu_bounds must be (low, high) with low < high")
 
 
 # -- dict <-> dataclass ---------------------------------------------------------------------
@@ -350,6 +443,37 @@ def _is_section(d: dict[str, Any]) -> bool:
     return not set(d) <= set(BENCHMARKS) or not d
 
 
+def _coerce(key: str, v: Any, default: Any, annotation: str) -> Any:
+    """``v`` as the type of the field's default (int -> float where a float is expected, a list ->
+    a tuple, ``"a, b"`` -> a tuple of names), else a ConfigError naming the key, the value and the
+    type expected."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key {key!r} = {v!r}: expected {expected}, got {type(v).__name__}")
+
+    if isinstance(default, bool):
+        if not isinstance(v, bool):
+            raise bad("true or false")
+    elif isinstance(default, int):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise bad("an integer")
+    elif isinstance(default, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad("a finite number")
+        v = float(v)
+    elif isinstance(default, str) or (default is None and "str" in annotation):
+        if not isinstance(v, str) and not (v is None and default is None):
+            raise bad("a string")
+    elif isinstance(default, tuple):
+        if isinstance(v, str) and (not default or isinstance(default[0], str)):
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        if not isinstance(v, (list, tuple)):
+            raise bad(f"a list, e.g. {list(default) or ['...']}")
+        elem = default[0] if default else ("" if "tuple[str" in annotation else None)
+        v = tuple(_coerce(f"{key}[{i}]", x, elem, "") if elem is not None else x for i, x in enumerate(v))
+    return v
+
+
 def _from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
     kwargs: dict[str, Any] = {}
     names = {f.name: f for f in fields(cls)}
@@ -360,18 +484,8 @@ def _from_dict(cls: type, data: Mapping[str, Any], path: str) -> Any:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
         if is_dataclass(default) and isinstance(v, Mapping):
             v = _from_dict(type(default), v, path=f"{path}{k}.")
-        elif isinstance(default, tuple) and isinstance(v, (list, tuple)):
-            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        elif isinstance(default, tuple) and isinstance(v, str):
-            v = tuple(x.strip() for x in v.split(",") if x.strip())
-        elif isinstance(default, bool) and not isinstance(v, bool):
-            raise ConfigError(f"{path}{k}: expected true/false, got {v!r}")
-        elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        elif isinstance(default, int) and not isinstance(default, bool) and not (
-            isinstance(v, int) and not isinstance(v, bool)
-        ):
-            raise ConfigError(f"{path}{k}: expected an integer, got {v!r}")
+        elif not isinstance(default, dict):  # per-benchmark tables are checked in _validate
+            v = _coerce(path + k, v, default, str(f.type))
         kwargs[k] = v
     try:
         return cls(**kwargs)
@@ -426,19 +540,52 @@ def parse_overrides(overrides: str | Mapping[str, Any] | None) -> dict[str, Any]
         return dict(overrides)
     text = overrides.strip()
     if text.startswith("{"):
-        loaded = yaml.safe_load(text)
+        loaded = _yaml_value(text, f"overrides {text!r}")
         if not isinstance(loaded, dict):
             raise ConfigError(f"overrides {overrides!r} is not a mapping")
         return loaded
     out: dict[str, Any] = {}
-    for item in text.replace("\n", ";").replace(";", ",").split(","):
+    for item in _split_overrides(text):
         if not item.strip():
             continue
         if "=" not in item:
             raise ConfigError(f"override {item.strip()!r} is not of the form key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v.strip())
+        out[k.strip()] = _yaml_value(v.strip(), f"override {item.strip()!r}")
     return out
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not a valid value ({getattr(e, 'problem', None) or e})") from None
+
+
+def _split_overrides(text: str) -> list[str]:
+    """``"a=1, b=[0.1, 0.05]; c={x: 1}"`` -> the ``key=value`` items: split at commas, semicolons and
+    newlines outside brackets, braces and quoted strings (a quote opens a string only where YAML
+    starts a value: after ``=``, ``[``, ``{``, ``,`` or ``:``)."""
+    items, cur, depth, quote, prev = [], [], 0, "", "="
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'" and prev in "=[{,:":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch in ",;\n" and depth <= 0:
+            items.append("".join(cur))
+            cur, prev, depth = [], "=", 0
+            continue
+        cur.append(ch)
+        prev = ch if not ch.isspace() else prev
+    items.append("".join(cur))
+    if depth > 0 or quote:
+        raise ConfigError(f"overrides {text!r}: unclosed {'quote' if quote else 'bracket'}")
+    return items
 
 
 def load_config(

@@ -60,3 +60,34 @@ def test_every_benchmark_has_sampling_settings():
     cfg = RunConfig()
     for b in BENCHMARKS:
         assert cfg.sampling.n_samples[b] >= 8 and cfg.sampling.max_new_tokens[b] > 0
+
+
+# -- issue 17 items 2, 3: types and ranges at load time; lists in key=value overrides -----------
+@pytest.mark.parametrize("override,message", [
+    ("fit.delta=abc", "config key 'fit.delta' = 'abc': expected a finite number, got str"),
+    ("evaluation.tolerance=abc", "config key 'evaluation.tolerance' = 'abc': expected a finite number"),
+    ("theory.deltas=0.1", "config key 'theory.deltas' = 0.1: expected a list, e.g. [0.01, 0.05, 0.1, 0.2], got float"),
+    ("theory.deltas=[0.1, abc]", "config key 'theory.deltas[1]' = 'abc': expected a finite number"),
+    ("fit.delta=-3", "config key 'fit.delta' = -3.0: must be in (0, 1)"),
+    ("evaluation.max_N=0", "config key 'evaluation.max_N' = 0: must be an integer >= 1"),
+    ("evaluation.orders=-5", "config key 'evaluation.orders' = -5: must be an integer >= 1"),
+    ("theory.deltas=[0.1, 2]", "config key 'theory.deltas' = (0.1, 2.0): must be a non-empty list, each in (0, 1)"),
+    ("fit.peeks=[3, 4.5]", "config key 'fit.peeks[1]' = 4.5: expected an integer, got float"),
+    ("fit.sigma_bounds=[0.5, 0.1]", "config key 'fit.sigma_bounds' = (0.5, 0.1): must be (low, high), low < high"),
+    ("evaluation.ci_level=.nan", "config key 'evaluation.ci_level' = nan: expected a finite number"),
+])
+def test_config_types_and_ranges_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu", override)
+    assert str(e.value).startswith(message)
+
+
+def test_list_values_in_key_value_overrides():
+    cfg = load_config("cpu", "theory.deltas=[0.1, 0.05], fit.delta=0.2; data.benchmarks=[gsm8k, math500]")
+    assert cfg.theory.deltas == (0.1, 0.05) and cfg.fit.delta == 0.2 and cfg.data.benchmarks == ("gsm8k", "math500")
+    assert parse_overrides("sampling.model='a,b', x.y={a: 1, b: [2, 3]}") == {"sampling.model": "a,b",
+                                                                            "x.y": {"a": 1, "b": [2, 3]}}
+    with pytest.raises(ConfigError, match=r"overrides 'theory.deltas=\[0.1, 0.05': unclosed bracket"):
+        load_config("cpu", "theory.deltas=[0.1, 0.05")
+    with pytest.raises(ConfigError, match=r"override 'fit.delta=@3': not a valid value"):
+        load_config("cpu", "fit.delta=@3")

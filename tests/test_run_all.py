@@ -85,3 +85,14 @@ def test_notebook_setup_records_config_seeds_and_pool_checksums(tmp_path):
     m2 = json.loads((run2 / "manifest.json").read_text())
     assert set(m2["pools"]) == {str(pool_path(missing, d).relative_to(ROOT)) for d in missing.data.benchmarks}
     assert all(v is None for v in m2["pools"].values())
+
+
+def test_bad_configuration_is_one_line_not_a_traceback(workbook):
+    """Issue 17 item 3: a ConfigError is printed as its message and nothing runs."""
+    _nb(workbook / "notebooks" / "00_first.ipynb", "raise SystemExit('must not run')")
+    for overrides, message in (("fit.delta=abc", "config key 'fit.delta' = 'abc': expected a finite number"),
+                               ("theory.deltas=[0.1, 0.05", "unclosed bracket")):
+        r = _run(workbook, "--profile", "smoke", "--overrides", overrides)
+        assert r.returncode == 2
+        assert r.stderr.startswith("run_all.sh: bad configuration: ") and message in r.stderr
+        assert "Traceback" not in r.stderr and not (workbook / "outputs").exists()

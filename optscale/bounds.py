@@ -63,7 +63,7 @@ def _check_prob(name: str, x: np.ndarray, lo_open: bool = False, hi_open: bool =
     bad = (x <= 0 if lo_open else x < 0) | (x >= 1 if hi_open else x > 1)
     if bad.any():
         lo, hi = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise BoundError(f"{name} = {x[bad].flat[0]!r} at {_first_bad(bad)} is outside {lo}0, 1{hi}")
+        raise BoundError(f"{name} = {float(x[bad].flat[0])!r} at {_first_bad(bad)} is outside {lo}0, 1{hi}")
 
 
 def confidence_at(F_s, N):
@@ -191,9 +191,16 @@ def n_star(mu, sigma, s_star, delta, max_N: int = 64, n_min: int = 1):
     """``required_samples`` for truncated-normal questions: ``F(s*) = truncnorm_cdf(s*, mu, sigma)``.
 
     All arguments broadcast (e.g. mu, sigma of shape (Q, 1) against deltas of shape (D,)).
-    Returns ``(N, reachable)`` as :func:`required_samples`."""
+    Returns ``(N, reachable)`` as :func:`required_samples`. ``s*`` outside [0, 1] (scores live
+    there), ``sigma <= 0`` and NaN or infinite ``mu`` / ``sigma`` raise :class:`BoundError`."""
     from .fits import truncnorm_cdf
 
+    _check_prob("s*", np.asarray(s_star, dtype=float))
+    for name, x, positive in (("mu", np.asarray(mu, dtype=float), False), ("sigma", np.asarray(sigma, dtype=float), True)):
+        bad = ~np.isfinite(x) | ((x <= 0) if positive else False)
+        if bad.any():
+            need = "finite and > 0" if positive else "finite"
+            raise BoundError(f"{name} = {float(x[bad].flat[0])!r} at {_first_bad(bad)} must be {need}")
     return required_samples(truncnorm_cdf(s_star, mu, sigma), delta, max_N=max_N, n_min=n_min)
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from scipy import special
@@ -62,6 +62,7 @@ from .registry import Registry
 __all__ = [
     "POLICIES",
     "Policy",
+    "PolicyError",
     "Sample",
     "QuestionContext",
     "make_policy",
@@ -71,6 +72,27 @@ __all__ = [
 ]
 
 POLICIES: Registry = Registry("policy")
+
+
+class PolicyError(ValueError):
+    """A policy hyper-parameter outside its range (the message names the policy, the parameter,
+    its value and the allowed range)."""
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _open_interval(lo: float, hi: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and lo < v < hi), f"a number in ({lo}, {hi})"
+
+
+def _integer_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
+
+
+_PROB = _open_interval(0, 1)
+_POSITIVE = ((lambda v: _number(v) and v > 0), "a number > 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +178,8 @@ class Policy(ABC):
     selects_by: ClassVar[str] = "score"  # "score" | "vote" — which reference it is tuned against
     needs_prior: ClassVar[bool] = False
     needs_confidence: ClassVar[bool] = False
+    # Allowed values of the hyper-parameters, checked at construction: name -> (test, allowed).
+    ranges: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {}
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(self.defaults())
@@ -163,6 +187,9 @@ class Policy(ABC):
             raise TypeError(f"policy {self.name!r}: unknown parameter(s) {sorted(unknown)}; "
                             f"known {sorted(self.defaults())}")
         self.params = {**self.defaults(), **params}
+        for k, (ok, allowed) in self.ranges.items():
+            if not ok(self.params[k]):
+                raise PolicyError(f"policy {self.name!r}: parameter {k}={self.params[k]!r} must be {allowed}")
         for k, v in self.params.items():
             setattr(self, k, v)
         self.seen: list[Sample] = []
@@ -239,6 +266,7 @@ def make_policy(name: str, **params: Any) -> Policy:
 class BestOfN(Policy):
     name = "bon"
     grid = {}
+    ranges = {"N": (_integer_at_least(0)[0], "an integer >= 0 (0 = max_N)")}
 
     @classmethod
     def defaults(cls):
@@ -290,6 +318,7 @@ class ESC(Policy):
     name = "esc"
     selects_by = "vote"
     grid = {"window": [2, 3, 4, 5, 8]}
+    ranges = {"window": _integer_at_least(1)}
 
     @classmethod
     def defaults(cls):
@@ -311,6 +340,9 @@ class AdaptiveConsistency(Policy):
     name = "asc"
     selects_by = "vote"
     grid = {"threshold": [0.8, 0.9, 0.95, 0.99]}
+    # P(p1 > p2 | votes) is >= 1/2 for the leader and < 1: a threshold outside can never stop
+    # (>= 1) or always stops (<= 1/2).
+    ranges = {"threshold": _open_interval(0.5, 1)}
 
     @classmethod
     def defaults(cls):
@@ -332,6 +364,7 @@ class ConSol(Policy):
     name = "consol"
     selects_by = "vote"
     grid = {"p1": [0.6, 0.7, 0.8, 0.9], "alpha": [0.05, 0.1]}
+    ranges = {"p1": _open_interval(0.5, 1), "alpha": _PROB, "beta": _PROB}
 
     @classmethod
     def defaults(cls):
@@ -352,6 +385,7 @@ class OptPOBayesSPRT(Policy):
     name = "optpo"
     selects_by = "vote"
     grid = {"threshold": [0.8, 0.9, 0.95, 0.99]}
+    ranges = {"threshold": _open_interval(0.5, 1), "a0": _POSITIVE, "b0": _POSITIVE}
 
     @classmethod
     def defaults(cls):
@@ -379,6 +413,8 @@ class DSC(Policy):
     selects_by = "vote"
     needs_prior = True
     grid = {"easy_quantile": [0.25, 0.5, 0.75, 1.0], "window": [2, 3, 4]}
+    ranges = {"easy_quantile": ((lambda v: _number(v) and 0 <= v <= 1), "a number in [0, 1]"),
+              "window": _integer_at_least(1)}
 
     @classmethod
     def defaults(cls):
@@ -417,6 +453,8 @@ class DeepConf(Policy):
     selects_by = "vote"
     needs_confidence = True
     grid = {"eta": [0.1, 0.5, 0.9], "tau": [0.9, 0.95]}
+    ranges = {"n_init": _integer_at_least(1), "eta": ((lambda v: _number(v) and 0 < v <= 1), "a number in (0, 1]"),
+              "tau": ((lambda v: _number(v) and 0 < v <= 1), "a number in (0, 1]")}
 
     @classmethod
     def defaults(cls):
@@ -497,6 +535,8 @@ class _OptScaleBase(Policy):
     ``target``: a fixed score ``s*`` in (0, 1)."""
 
     grid = {"target": [0.6, 0.7, 0.8, 0.9], "delta": [0.05, 0.1, 0.2, 0.4], "k": [2, 3, 4]}
+    ranges = {"target": (_PROB[0], "a score s* in (0, 1)"), "delta": _PROB, "k": _integer_at_least(1),
+              "prior_strength": ((lambda v: _number(v) and v >= 0), "a number >= 0")}
     use_prior: ClassVar[bool] = False
 
     @classmethod
@@ -607,6 +647,7 @@ class IAS(Policy):
 
     name = "ias"
     grid = {"C": [0.8, 0.9, 0.95, 0.99], "k": [1, 2, 4]}
+    ranges = {"C": _PROB, "k": _integer_at_least(1)}
 
     @classmethod
     def defaults(cls):

@@ -124,3 +124,16 @@ def test_n_star_end_to_end():
     assert int(N) == 4 and bool(ok)
     N, ok = n_star(np.array([0.5, 0.5]), np.array([0.1, 0.1]), np.array([0.0, 1.0]), 0.1, max_N=32)
     assert N.tolist() == [1, 32] and ok.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("args,message", [
+    ((0.5, 0.1, 1.5, 0.1), "s* = 1.5 at the value is outside [0, 1]"),
+    ((0.5, 0.1, np.array([0.5, -0.2]), 0.1), r"s* = -0.2 at index (1,) is outside [0, 1]"),
+    ((0.5, 0.0, 0.8, 0.1), "sigma = 0.0 at the value must be finite and > 0"),
+    ((float("nan"), 0.1, 0.8, 0.1), "mu = nan at the value must be finite"),
+])
+def test_n_star_rejects_targets_outside_the_score_range(args, message):
+    """Issue 17 item 4: s* outside [0, 1] used to return (64, unreachable)."""
+    with pytest.raises(BoundError) as e:
+        n_star(*args)
+    assert str(e.value) == message

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from optscale.grading import answer_classes
-from optscale.policies import POLICIES, QuestionContext, Sample, group_confidences, make_policy, vote
+from optscale.policies import POLICIES, PolicyError, QuestionContext, Sample, group_confidences, make_policy, vote
 
 
 def stream(classes, scores=None, correct=None, tokens=None, gc=None, window=4):
@@ -155,9 +155,34 @@ def test_group_confidences_and_deepconf_truncation():
     assert np.allclose(g, [2.0, 2.5])
     # warm-up of 2 traces with min conf 5 and 3 -> threshold = quantile(.., 1-eta=0.5) = 4
     gc = [[5.0, 5.0], [3.0, 3.0], [6.0, 1.0], [6.0, 6.0]]
-    pol = make_policy("deepconf", n_init=2, eta=0.5, tau=1.01)
+    pol = make_policy("deepconf", n_init=2, eta=0.5, tau=1.0)  # stops only on a unanimous kept vote
     n, pos, spent = run(pol, stream([1, 2, 3, 1], tokens=[10, 10, 10, 10], gc=gc, window=4), max_N=4)
     # third trace drops below 4 at window 1 -> charged 1 + 4 tokens and dropped from the vote
     assert n == 4 and spent == 10 + 10 + 5 + 10
     assert pol.kept == [True, True, False, True]
     assert pos in (0, 3)
+
+
+# -- issue 17 item 4: hyper-parameters are range-checked at construction -------------------------
+@pytest.mark.parametrize("name,params,message", [
+    ("asc", {"threshold": 1.5}, "policy 'asc': parameter threshold=1.5 must be a number in (0.5, 1)"),
+    ("optscale-0", {"delta": 0}, "policy 'optscale-0': parameter delta=0 must be a number in (0, 1)"),
+    ("optscale-0", {"k": 0}, "policy 'optscale-0': parameter k=0 must be an integer >= 1"),
+    ("optscale-t", {"target": 1.2}, "policy 'optscale-t': parameter target=1.2 must be a score s* in (0, 1)"),
+    ("ias", {"k": 0}, "policy 'ias': parameter k=0 must be an integer >= 1"),
+    ("esc", {"window": 2.5}, "policy 'esc': parameter window=2.5 must be an integer >= 1"),
+    ("optpo", {"threshold": "0.9"}, "policy 'optpo': parameter threshold='0.9' must be a number in (0.5, 1)"),
+    ("bon", {"N": -1}, "policy 'bon': parameter N=-1 must be an integer >= 0 (0 = max_N)"),
+])
+def test_policy_parameters_out_of_range_fail_at_construction(name, params, message):
+    with pytest.raises(PolicyError) as e:
+        make_policy(name, **params)
+    assert str(e.value) == message
+
+
+def test_every_grid_value_is_in_range():
+    for name in POLICIES.names():
+        grid = POLICIES.get(name).grid
+        for k, values in grid.items():
+            for v in values:
+                make_policy(name, **{k: v})

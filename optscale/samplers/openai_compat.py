@@ -22,7 +22,7 @@ sampler spreads the work over them:
 - **Dead replicas, per replica and for the whole run.** A failure is a *strike* against its replica
   only if the request was sent after the replica's previous strike, so a burst of simultaneous
   errors (one incident) is one strike, and a success clears them. ``dead_after`` strikes in a row,
-  or one request timeout (a hung server), mark the replica dead. The state lives on the sampler,
+  one request timeout (a hung server) or a refused connection (no server) mark the replica dead. The state lives on the sampler,
   so later calls (the next questions) skip it. A dead replica is health-probed (``GET /models``)
   after a cool-down (``cooldown_s``, doubling per failed probe up to ``cooldown_max_s``) and comes
   back when it answers. When no replica is alive, each is probed at once; if none answers, the
@@ -204,9 +204,9 @@ log = logging.getLogger("optscale.samplers.openai")
 
 
 class _Retryable(Exception):
-    def __init__(self, msg: str, timeout: bool = False):
+    def __init__(self, msg: str, down: bool = False):
         super().__init__(msg)
-        self.timeout = timeout
+        self.down = down  # the replica looks down (a request timed out, nothing listens): dead at once
 
 
 class PartialResultsError(SamplerError):
@@ -468,7 +468,7 @@ class _Session:
             st.last_error = str(err)
             if epoch == st.epoch:  # sent after the previous strike: a new strike (one per incident)
                 st.epoch += 1
-                st.consecutive_failures = s.dead_after if err.timeout else st.consecutive_failures + 1
+                st.consecutive_failures = s.dead_after if err.down else st.consecutive_failures + 1
                 delay = min(s.backoff_max_s, s.backoff_base_s * 2 ** (st.consecutive_failures - 1))
                 st.backoff_until = now + delay * (0.5 + 0.5 * s._rng.random())
                 if st.alive and st.consecutive_failures >= s.dead_after:
@@ -639,6 +639,11 @@ class OpenAICompatSampler(Sampler):
         if self._questions_in_flight:
             return self._questions_in_flight
         return 2 * len(self.endpoints) * self.config.max_in_flight_per_endpoint + 2
+
+    @property
+    def parallel_slots(self) -> int:
+        """Samples in flight at once when every replica is busy."""
+        return len(self.endpoints) * self.config.max_in_flight_per_endpoint
 
     def run_summary(self) -> list[dict[str, Any]]:
         """Per replica: samples served, failed requests, retried requests, tokens, whether it is alive,
@@ -827,8 +832,12 @@ class OpenAICompatSampler(Sampler):
             else:
                 resp = await client.completions.create(**body)
         except openai.APITimeoutError as e:
-            raise _Retryable(f"{type(e).__name__}: {e} (after {self.config.request_timeout_s} s)", timeout=True) from None
-        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
+            raise _Retryable(f"{type(e).__name__}: {e} (after {self.config.request_timeout_s} s)", down=True) from None
+        except openai.APIConnectionError as e:
+            # nothing listens there (httpx's ConnectError; matched by name, as openai may vendor httpx)
+            refused = type(e.__cause__).__name__ == "ConnectError"
+            raise _Retryable(f"{type(e).__name__}: {e}" + (f" ({e.__cause__})" if refused else ""), down=refused) from None
+        except (openai.RateLimitError, openai.InternalServerError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}") from None
         except openai.APIStatusError as e:
             if e.status_code >= 500:

@@ -64,3 +64,98 @@ def test_bad_optscale_files(tmp_path):
     p.write_text(json.dumps(bad))
     with pytest.raises(PoolImportError, match="question 1: score list 1"):
         import_optscale_json(p, "math500")
+
+
+# -- issue 17 item 5: empty files, missing gold, token-count source, parse before grading --------
+def _sal_line(q, **extra):
+    return json.dumps({**{k: v for k, v in q.items() if k != "score"}, **q["score"], **extra})
+
+
+@pytest.mark.parametrize("content,keep_partial,message", [
+    ("[]", False, "t.json: the file holds no questions"),
+    ("", True, "t.json: the file is empty"),
+    ("  \n", False, "t.json: the file is empty"),
+    ('[{"unique_id": "a", "sc', True, "t.json: line 1, column 21: Unterminated string starting at; no complete "
+                                     "question before it"),
+    ('{"a": 1}', False, "t.json: expected a JSON list of questions, got dict"),
+    ("[3]", False, "t.json: question 0: expected an object, got int"),
+])
+def test_optscale_json_empty_or_useless_files(tmp_path, content, keep_partial, message):
+    p = tmp_path / "t.json"
+    p.write_text(content)
+    with pytest.raises(PoolImportError) as e:
+        import_optscale_json(p, "math500", keep_partial=keep_partial)
+    assert str(e.value) == f"{p}: {message.split(': ', 1)[1]}"
+
+
+@pytest.mark.parametrize("keep_partial", [False, True])
+def test_sal_jsonl_empty_file(tmp_path, keep_partial):
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n")
+    with pytest.raises(PoolImportError, match=r"pool.jsonl: the file holds no questions"):
+        import_sal_jsonl(p, "gsm8k", keep_partial=keep_partial)
+
+
+def test_missing_gold_is_an_error_unless_passed(tmp_path):
+    qs = questions()
+    del qs[1]["answer"]
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(_sal_line(q) for q in qs) + "\n")
+    with pytest.raises(PoolImportError) as e:
+        import_sal_jsonl(p, "math500")
+    assert str(e.value) == (f"{p}: line 2: question 'b' has no gold answer (field 'answer'; "
+                            "pass gold={question_id: answer})")
+    with pytest.raises(PoolImportError, match="line 2: question 'b' has no gold answer .*not in the gold answers passed"):
+        import_sal_jsonl(p, "math500", gold={"a": "4"})
+    pool = import_sal_jsonl(p, "math500", gold={"b": "1000"})
+    assert pool.correct().tolist() == [[True, False], [True, False]] and pool.matrix("gold")[1, 0] == "1000"
+
+
+def test_token_count_source_is_recorded(tmp_path):
+    qs = questions()
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(_sal_line(q) for q in qs) + "\n")
+    assert import_sal_jsonl(p, "gsm8k").meta["token_count"] == "completion_tokens (from the file)"
+    for q in qs:
+        del q["score"]["completion_tokens"]
+    p.write_text("\n".join(_sal_line(q) for q in qs) + "\n")
+    with pytest.warns(UserWarning, match="4 of 4 samples have no completion_tokens"):
+        pool = import_sal_jsonl(p, "gsm8k")
+    assert pool.meta["token_count"] == "whitespace-separated words: not model tokens"
+    assert pool.tokens().tolist() == [[2, 2], [1, 1]]
+
+    class CharTokenizer:  # one token per character
+        def encode(self, text):
+            return list(text)
+
+    pool = import_sal_jsonl(p, "gsm8k", tokenizer=CharTokenizer())
+    assert pool.meta["token_count"] == "tokenizer CharTokenizer"
+    assert pool.tokens().tolist() == [[12, 15], [12, 10]]
+    with pytest.raises(PoolImportError, match=r"pool.jsonl: 4 sample\(s\) have no completion_tokens and the tokenizer "
+                                              r"'no/such-model' could not be loaded"):
+        import_sal_jsonl(p, "gsm8k", generator="no/such-model")
+
+
+def test_whole_file_is_checked_before_any_grading(tmp_path, monkeypatch):
+    """A fault on the last line is raised before a single sample is graded."""
+    import optscale.importers as imp
+
+    graded = []
+    monkeypatch.setattr(imp, "extract_answer", lambda text: graded.append(text) or None)
+    lines = [_sal_line(q, unique_id=f"{q['unique_id']}{i}") for i in range(20) for q in questions()]
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(lines) + "\n" + lines[0][:30] + "\n")
+    with pytest.raises(PoolImportError, match=r"pool.jsonl: line 41: not valid JSON"):
+        import_sal_jsonl(p, "gsm8k")
+    assert graded == []
+    pool = import_sal_jsonl(p, "gsm8k", keep_partial=True)
+    assert pool.n_questions == 40 and len(graded) == 80 and "line 41" in pool.meta["import_error"]
+    assert pool.meta["grading"]["version"] >= 2 and pool.meta["grading"]["compare_timeouts"] == 0
+
+
+def test_duplicate_question_is_named(tmp_path):
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(_sal_line(q) for q in questions() + questions()[:1]) + "\n")
+    with pytest.raises(PoolImportError) as e:
+        import_sal_jsonl(p, "gsm8k")
+    assert str(e.value) == f"{p}: line 3: question 'a' appears again (first at {p}: line 1)"

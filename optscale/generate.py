@@ -98,14 +98,26 @@ def cmd_pools(args) -> int:
 def cmd_score(args) -> int:
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
-    scorer = get_scorer(args.scorer, cfg.scoring)
-    for ds in datasets:
-        path = pool_path(cfg, ds)
-        if not path.is_file():
-            print(f"{path}: no pool yet, skipped", file=sys.stderr)
-            continue
-        questions = {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
-        score_pool(path, scorer, questions)
+    if args.ray:  # the scorer (e.g. the PRM) runs on the Ray workers, not here
+        from .distributed import RayPoolSampler, score_pool_ray
+
+        runner = RayPoolSampler(cfg, address=args.ray, num_workers=args.ray_workers or None, scorers=[args.scorer])
+    else:
+        scorer = get_scorer(args.scorer, cfg.scoring)
+    try:
+        for ds in datasets:
+            path = pool_path(cfg, ds)
+            if not path.is_file():
+                print(f"{path}: no pool yet, skipped", file=sys.stderr)
+                continue
+            questions = {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
+            if args.ray:
+                score_pool_ray(path, args.scorer, questions, cfg, runner=runner)
+            else:
+                score_pool(path, scorer, questions)
+    finally:
+        if args.ray:
+            runner.close()
     return 0
 
 
@@ -196,6 +208,8 @@ def main(argv=None) -> int:
             p.add_argument("--hours", type=float, default=0, help="start no new question after this many hours (0 = run to the end)")
         if name == "score":
             p.add_argument("--scorer", required=True)
+            p.add_argument("--ray", default="", metavar="ADDRESS", help="score on a Ray cluster (as for pools)")
+            p.add_argument("--ray-workers", type=int, default=0, help="Ray workers holding the scorer")
         if name == "info":
             p.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = ap.parse_args(argv)

@@ -204,4 +204,10 @@ def load_predictor_labels(data_dir: str | os.PathLike | None = None, split: str 
                 raise DataError(f"{lpath}: row {i}: field {fieldname!r} is not a number: {r[j]!r}") from None
             if not np.isfinite(labels[i, j]):
                 raise DataError(f"{lpath}: row {i}: field {fieldname!r} is not finite: {r[j]!r}")
+        # The labels are the mean and std of sample scores, which live in [0, 1]: the mean is in
+        # [0, 1] and the std in [0, 0.5] (the largest std of values in [0, 1]).
+        for j, fieldname, hi in ((0, "mean", 1.0), (1, "std", 0.5)):
+            if not 0.0 <= labels[i, j] <= hi:
+                raise DataError(f"{lpath}: row {i}: field {fieldname!r} = {r[j]!r} is outside [0, {hi:g}]; the "
+                                f"labels are the mean and std of sample scores, which live in [0, 1]")
     return problems, labels

@@ -84,3 +84,23 @@ def test_bad_label_file(tmp_path, data_dir):
     (tmp_path / "predictor_labels" / "train_mu_sigma.json").write_text(json.dumps(labels[:10]))
     with pytest.raises(DataError, match="10 label rows for 4501 problems"):
         load_predictor_labels(tmp_path)
+
+
+@pytest.mark.parametrize("row,message", [
+    (["0.7", "-0.2"], "row 3: field 'std' = '-0.2' is outside [0, 0.5]"),
+    (["7.0", "0.1"], "row 3: field 'mean' = '7.0' is outside [0, 1]"),
+    ([0.5, 0.6], "row 3: field 'std' = 0.6 is outside [0, 0.5]"),
+])
+def test_predictor_labels_out_of_range(tmp_path, data_dir, row, message):
+    """Issue 17 item 6: a std of -0.2 or a mean of 7.0 used to load silently."""
+    import shutil
+
+    (tmp_path / "predictor_labels").mkdir()
+    shutil.copy(data_dir / "predictor_labels" / "train_data.json", tmp_path / "predictor_labels")
+    labels = json.loads((data_dir / "predictor_labels" / "train_mu_sigma.json").read_text())
+    labels[3] = row
+    path = tmp_path / "predictor_labels" / "train_mu_sigma.json"
+    path.write_text(json.dumps(labels))
+    with pytest.raises(DataError) as e:
+        load_predictor_labels(tmp_path)
+    assert str(e.value) == f"{path}: {message}; the labels are the mean and std of sample scores, which live in [0, 1]"

@@ -249,3 +249,16 @@ def test_agenerate_callback_error_keeps_results(servers):
     with pytest.raises(ValueError, match="policy bug") as ei:
         asyncio.run(sampler.agenerate(_reqs(1), on_completion=boom))
     assert sum(len(r) for r in ei.value.results) >= 1
+
+
+def test_hung_replica_is_detected_long_before_the_request_timeout(tmp_path, servers, reference_pool):
+    """endpoint.yaml waits 1800 s for a request; a hung replica must not hold its questions that long."""
+    reps = [servers(latency_s=0.02, slots=4, stop_at=(2, 6)) for _ in range(2)] + [servers(hang=True)]
+    cfg = _cfg(tmp_path, **{"sampling.request_timeout_s": 60.0})
+    sampler = _sampler(cfg, [r.url for r in reps], stall_min_s=0.5, cooldown_s=60.0)
+    t0 = time.monotonic()
+    path = generate_pool(cfg, "gsm8k", _problems(12), sampler, progress=False)
+    assert time.monotonic() - t0 < 10
+    pd.testing.assert_frame_equal(read_pool(path).df, reference_pool)
+    hung = sampler.stats[2]
+    assert not hung.alive and "hung" in hung.last_error and hung.ok == 0 and reps[2].requests

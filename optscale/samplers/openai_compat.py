@@ -22,7 +22,10 @@ sampler spreads the work over them:
 - **Dead replicas, per replica and for the whole run.** A failure is a *strike* against its replica
   only if the request was sent after the replica's previous strike, so a burst of simultaneous
   errors (one incident) is one strike, and a success clears them. ``dead_after`` strikes in a row,
-  one request timeout (a hung server) or a refused connection (no server) mark the replica dead. The state lives on the sampler,
+  one request timeout or a refused connection (no server) mark the replica dead. So does a hang:
+  no answer for ``stall_factor`` x the longest answer seen so far (at least ``stall_min_s``) while
+  other replicas answer; its requests go to the others at once instead of after
+  ``request_timeout_s``. The state lives on the sampler,
   so later calls (the next questions) skip it. A dead replica is health-probed (``GET /models``)
   after a cool-down (``cooldown_s``, doubling per failed probe up to ``cooldown_max_s``) and comes
   back when it answers. When no replica is alive, each is probed at once; if none answers, the
@@ -204,9 +207,10 @@ log = logging.getLogger("optscale.samplers.openai")
 
 
 class _Retryable(Exception):
-    def __init__(self, msg: str, down: bool = False):
+    def __init__(self, msg: str, down: bool = False, answered: bool = False):
         super().__init__(msg)
         self.down = down  # the replica looks down (a request timed out, nothing listens): dead at once
+        self.answered = answered  # the server responded (HTTP 5xx / 429): it is not hung
 
 
 class PartialResultsError(SamplerError):
@@ -242,6 +246,7 @@ class EndpointStats:
     epoch: int = 0  # bumped at each strike; a failure of a request sent in an older epoch is no new strike
     backoff_until: float = 0.0  # time.monotonic(): no new request before this
     probe_at: float = 0.0  # time.monotonic() of the next health probe while dead
+    last_answer: float = 0.0  # time.monotonic() of its last response (success or HTTP error)
     cooldown_s: float = 0.0
 
     @property
@@ -306,6 +311,9 @@ class _Session:
         self.closing = False
         self.probing: set[int] = set()
         self.probed: set[int] = set()  # dead replicas whose probe failed during this session
+        self.sent: dict[asyncio.Task, tuple[int, float]] = {}  # in-flight request -> (replica, time sent)
+        self.stalled: set[asyncio.Task] = set()  # cancelled because their replica stopped answering
+        self.next_stall_check = 0.0
         self.clients: dict[int, Any] = {}
 
     # -- requests -------------------------------------------------------------------------------
@@ -410,6 +418,7 @@ class _Session:
         with self.s._stats_lock:
             st.in_flight += 1
         task = self.loop.create_task(self._one(item, e, st.epoch))
+        self.sent[task] = (e, time.monotonic())
         self.inflight[item.key].add(task)
         self.tasks.add(task)
 
@@ -430,6 +439,12 @@ class _Session:
             comp = await self.s._request(self._client(e), item.state.req, item, item.state.prompt)
         except asyncio.CancelledError:
             release()
+            if task in self.stalled and not self.closing:  # its replica hangs: send it elsewhere
+                self.stalled.discard(task)
+                self._failure(item, e, epoch, _Retryable(
+                    f"no answer for {time.monotonic() - self.sent.get(task, (e, 0.0))[1]:.1f} s while other "
+                    "replicas answered (hung?)", down=True))
+                return
             if self.closing:
                 raise
             self._resolve(item, None)  # cancelled by a stopping policy
@@ -446,7 +461,11 @@ class _Session:
             release()
             self.inflight[item.key].discard(task)
             self.tasks.discard(task)
+            sent = self.sent.pop(task, None)
+        if sent is not None:
+            self.s._max_latency = max(self.s._max_latency, time.monotonic() - sent[1])
         with self.s._stats_lock:
+            st.last_answer = time.monotonic()
             st.ok += 1
             st.tokens += comp.n_tokens
             st.consecutive_failures = 0
@@ -466,6 +485,8 @@ class _Session:
         with s._stats_lock:
             st.failed += 1
             st.last_error = str(err)
+            if err.answered:
+                st.last_answer = now
             if epoch == st.epoch:  # sent after the previous strike: a new strike (one per incident)
                 st.epoch += 1
                 st.consecutive_failures = s.dead_after if err.down else st.consecutive_failures + 1
@@ -538,6 +559,34 @@ class _Session:
         self.probing.discard(e)
         self.wake.set()
 
+    def _stalls(self, now: float) -> None:
+        """A replica whose oldest request has waited ``stall_factor`` times the longest answer seen
+        so far (and at least ``stall_min_s``) with no answer of its own since, while another
+        replica answered in that time, is hung: it is marked dead and its requests go elsewhere,
+        long before ``request_timeout_s``."""
+        s = self.s
+        if now < self.next_stall_check or s._max_latency <= 0:
+            return
+        self.next_stall_check = now + 0.25
+        limit = max(s.stall_min_s, s.stall_factor * s._max_latency)
+        oldest: dict[int, float] = {}
+        for task, (e, t) in self.sent.items():
+            if not task.done():
+                oldest[e] = min(oldest.get(e, t), t)
+        for e, t in oldest.items():
+            st = s.stats[e]
+            if not st.alive or now - t < limit or now - st.last_answer < limit:
+                continue
+            if not any(o.alive and o is not st and now - o.last_answer < limit for o in s.stats):
+                continue  # nobody answers: no evidence against this replica in particular
+            log.warning("endpoint %s: no answer for %.1f s (limit %.1f s = max(%.0f s, %.1f x the longest answer "
+                        "%.2f s)) while other replicas answered: treating it as hung", st.url, now - t, limit,
+                        s.stall_min_s, s.stall_factor, s._max_latency)
+            for task, (e2, _) in list(self.sent.items()):
+                if e2 == e and not task.done():
+                    self.stalled.add(task)
+                    task.cancel()
+
     # -- the loop -------------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -561,6 +610,7 @@ class _Session:
                     return
                 now = time.monotonic()
                 self._probes(now)
+                self._stalls(now)
                 self._place(now)
                 if (not any(st.alive for st in stats) and not self.probing
                         and len(self.probed) == len(stats)):
@@ -592,7 +642,8 @@ class OpenAICompatSampler(Sampler):
                  tokenizer: Any = None, served_model: str | None = None, api_key: str = "EMPTY",
                  dead_after: int = 3, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0,
                  extra_body: dict[str, Any] | None = None, cooldown_s: float = 10.0, cooldown_max_s: float = 300.0,
-                 probe_timeout_s: float = 10.0, questions_in_flight: int | None = None):
+                 probe_timeout_s: float = 10.0, questions_in_flight: int | None = None,
+                 stall_factor: float = 3.0, stall_min_s: float = 10.0):
         if api not in ("completions", "chat"):
             raise SamplerError(f"api={api!r}: use 'completions' or 'chat'")
         urls = list(endpoints if endpoints is not None else config.endpoints)
@@ -616,6 +667,8 @@ class OpenAICompatSampler(Sampler):
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.cooldown_s, self.cooldown_max_s = cooldown_s, cooldown_max_s
         self.probe_timeout_s = min(probe_timeout_s, config.request_timeout_s)
+        self.stall_factor, self.stall_min_s = stall_factor, stall_min_s
+        self._max_latency = 0.0  # longest successful request so far (seconds), for hang detection
         self._questions_in_flight = questions_in_flight
         self.extra_body = dict(extra_body or {})
         self.template = load_prompt_template(config.prompt_template)
@@ -838,10 +891,10 @@ class OpenAICompatSampler(Sampler):
             refused = type(e.__cause__).__name__ == "ConnectError"
             raise _Retryable(f"{type(e).__name__}: {e}" + (f" ({e.__cause__})" if refused else ""), down=refused) from None
         except (openai.RateLimitError, openai.InternalServerError) as e:
-            raise _Retryable(f"{type(e).__name__}: {e}") from None
+            raise _Retryable(f"{type(e).__name__}: {e}", answered=True) from None
         except openai.APIStatusError as e:
             if e.status_code >= 500:
-                raise _Retryable(f"HTTP {e.status_code}: {e}") from None
+                raise _Retryable(f"HTTP {e.status_code}: {e}", answered=True) from None
             raise SamplerError(f"{client.base_url}: HTTP {e.status_code} for request {req.key!r}: {e}") from None
         except openai.APIResponseValidationError as e:
             raise SamplerError(f"{client.base_url}: malformed response for request {req.key!r}: {e}") from None

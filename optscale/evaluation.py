@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .grading import answer_classes
+from .grading import GRADING_RULE_VERSION, answer_classes, default_grader
 from .policies import POLICIES, Policy, QuestionContext, Sample, group_confidences, make_policy
 from .pools import Pool, replay_orders
 
@@ -171,17 +171,22 @@ def _answers_key(answers: np.ndarray) -> str:
 def answer_class_matrix(answers: np.ndarray, cache_dir: str | Path | None = None) -> np.ndarray:
     """(questions x n) int labels from :func:`optscale.grading.answer_classes` per question
     (math-verify equivalence; -1 = no answer). Cached on disk under ``cache_dir`` keyed by a hash
-    of the answers, because math-verify is slow."""
+    of the answers and the grading rule. Comparisons left unresolved by the grader's CPU budget
+    are printed as a note (and logged by :mod:`optscale.grading`)."""
     answers = np.asarray(answers, dtype=object)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"answer_classes_{_answers_key(answers)}.npy"
+        path = Path(cache_dir) / f"answer_classes_{_answers_key(answers)}_rule{GRADING_RULE_VERSION}.npy"
         if path.is_file():
             labels = np.load(path)
             if labels.shape == answers.shape:
                 return labels
-    labels = np.array([answer_classes([None if (a is None or (isinstance(a, float) and math.isnan(a))) else str(a)
-                                       for a in row]) for row in answers], dtype=int).reshape(answers.shape)
+    with default_grader().record() as stats:
+        labels = np.array([answer_classes([None if (a is None or (isinstance(a, float) and math.isnan(a))) else str(a)
+                                           for a in row]) for row in answers], dtype=int).reshape(answers.shape)
+    if stats.timeouts:
+        print(f"note: {stats.timeouts} answer(s) / comparison(s) exceeded the grading CPU budget; unresolved answers "
+              f"form their own class: {stats.as_dict()['unresolved_examples'][:3]}")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, labels)
@@ -1088,6 +1093,7 @@ def verifier_auroc_caption(points: pd.DataFrame, config: Any, notes: Sequence[st
             f"scorer's within-question AUROC (mean over questions with a correct and a wrong sample; "
             f"{e.ci_level:.0%} bootstrap CI over those questions). Tokens saved and accuracy difference: two-fold "
             f"cross-fitted evaluation (tuned on one half, reported on the other, pooled; split seed "
-            f"{e.split_seed}, {e.orders} orders), {e.ci_level:.0%} paired bootstrap CIs over questions; filled "
-            f"marker = non-inferior (one-sided {e.noninferiority_level:.0%} lower bound above "
-            f"-{e.noninferiority_margin:g}). No predictor prior. Pools: " + "; ".join(pools) + "." + skipped)
+            f"{e.split_seed}, {e.orders} orders), error bars: two-sided {e.ci_level:.0%} paired bootstrap CIs over "
+            f"questions; filled marker = non-inferior (one-sided {e.noninferiority_level:.0%} lower bound above "
+            f"-{e.noninferiority_margin:g}). Dash-dotted line: within-question AUROC of the token count alone "
+            f"(shorter = predicted correct). No predictor prior. Pools: " + "; ".join(pools) + "." + skipped)

@@ -84,7 +84,9 @@ def plot_verifier_auroc(points: pd.DataFrame, ni_margin: float | None = None, ti
     """How good must the verifier be? x: the verifier's within-question AUROC (bootstrap CI over
     questions); y, top row: OptScale's tokens saved vs BoN@max_N (%), bottom row: its accuracy
     minus BoN@max_N's (paired bootstrap CI), both from the cross-fitted evaluation. One column per
-    benchmark, one point per (pool set, scorer): colour = scorer, marker = pool set.
+    benchmark, one point per (pool set, scorer): colour = scorer, marker = pool set; error bars
+    are two-sided CIs; a filled marker is non-inferior to BoN. Vertical lines: chance (0.5) and
+    the within-question AUROC of the token count alone (the baseline a verifier must beat).
 
     ``points``: :func:`optscale.evaluation.verifier_auroc_points`; ``ni_margin`` draws the
     non-inferiority margin (−margin) on the accuracy row."""
@@ -106,6 +108,9 @@ def plot_verifier_auroc(points: pd.DataFrame, ni_margin: float | None = None, ti
                             yerr=[[y - lo], [hi - y]], fmt=mk[r.pool_set], color=pal[r.scorer], ms=6, capsize=2, lw=0.9,
                             mfc=pal[r.scorer] if r.non_inferior else "white", zorder=3)
             ax.axvline(0.5, color="0.5", lw=0.7, ls=":", zorder=1)
+            if "auroc_within_fewer-tokens" in g and g["auroc_within_fewer-tokens"].notna().any():
+                for xb in sorted(set(g["auroc_within_fewer-tokens"].dropna().round(6))):
+                    ax.axvline(xb, color="tab:purple", lw=0.8, ls="-.", zorder=1)
             ax.axhline(0, color="k", lw=0.6, zorder=1)
             if row == 1 and ni_margin:
                 ax.axhline(-ni_margin, color="tab:red", lw=0.8, ls="--", zorder=1)
@@ -123,6 +128,8 @@ def plot_verifier_auroc(points: pd.DataFrame, ni_margin: float | None = None, ti
     handles += [Line2D([], [], ls="", marker=mk[p], color="0.3", label=p) for p in sets]
     handles += [Line2D([], [], ls="", marker="o", color="0.3", mfc="white", label="hollow: not shown\nnon-inferior to BoN")]
     handles += [Line2D([], [], ls=":", color="0.5", label="chance (AUROC 0.5)")]
+    if "auroc_within_fewer-tokens" in points:
+        handles += [Line2D([], [], ls="-.", color="tab:purple", label="token count alone\n(shorter = correct)")]
     if ni_margin:
         handles += [Line2D([], [], ls="--", color="tab:red", label=f"non-inferiority margin −{ni_margin:g}")]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, frameon=False)

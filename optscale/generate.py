@@ -132,6 +132,32 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_regrade(args) -> int:
+    """Re-extract the answers and regrade the correctness of existing pools from their stored
+    text, finish reason and gold answer by the current grading rule (no model), rewrite each
+    Parquet file atomically, and print per benchmark how many answers / correct flags changed."""
+    from .pools import regrade_pool
+
+    cfg = load_config(args.profile, args.overrides)
+    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    for ds in datasets:
+        path = pool_path(cfg, ds)
+        if not path.is_file():
+            print(f"{ds}: no pool at {path}", file=sys.stderr)
+            continue
+        if path.with_suffix(".checkpoint.jsonl").is_file():
+            print(f"{ds}: {path.with_suffix('.checkpoint.jsonl')} exists (a generation running or stopped); "
+                  "run `merge` once it has stopped, then regrade", file=sys.stderr)
+            return 1
+        r = regrade_pool(path)
+        g = r["grading"]
+        print(f"{ds}: {r['samples']} samples, grading rule {r['grading_before']} -> {g['version']}: "
+              f"{r['answers_changed']} answers and {r['correct_changed']} correct flags changed; single-sample "
+              f"accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}; unresolved: "
+              f"{g['parse_timeouts']} parses, {g['compare_timeouts']} comparisons")
+    return 0
+
+
 def cmd_info(args) -> int:
     """Per pool: size, single-sample accuracy, truncation rate, majority@n; for every scorer
     the AUROC pooled over all samples and within questions (mean over the questions that have a
@@ -187,7 +213,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optscale.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("pools", "score", "merge", "info"):
+    for name in ("pools", "score", "merge", "info", "regrade"):
         p = sub.add_parser(name)
         p.add_argument("--profile", default="cpu")
         p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
@@ -213,7 +239,8 @@ def main(argv=None) -> int:
         if name == "info":
             p.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = ap.parse_args(argv)
-    return {"pools": cmd_pools, "score": cmd_score, "merge": cmd_merge, "info": cmd_info}[args.cmd](args)
+    return {"pools": cmd_pools, "score": cmd_score, "merge": cmd_merge, "info": cmd_info,
+            "regrade": cmd_regrade}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from .config import PROJECT_ROOT, RunConfig
 from .data import Problem
-from .grading import grade
+from .grading import GRADING_RULE_VERSION, Grader, default_grader, grade, grading_rule
 from .samplers.base import Completion, SampleRequest, Sampler, derive_seed, load_prompt_template
 
 __all__ = [
@@ -59,6 +59,8 @@ __all__ = [
     "read_pool",
     "write_pool",
     "validate_pool_frame",
+    "regrade_frame",
+    "regrade_pool",
     "generate_pool",
     "score_pool",
     "replay_orders",
@@ -198,6 +200,13 @@ def validate_pool_frame(df: pd.DataFrame, path: Any = "<pool>", allow_partial_sc
         bad = df[col].isna().to_numpy().nonzero()[0]
         if bad.size:
             raise _fail(path, f"{where(int(bad[0]))}: field {col!r} is missing")
+    missing_answer = df["answer"].isna().to_numpy()
+    empty_answer = df["answer"].map(lambda a: isinstance(a, str) and not a.strip()).to_numpy(dtype=bool)
+    bad = (df["correct"].astype(bool).to_numpy() & (missing_answer | empty_answer)).nonzero()[0]
+    if bad.size:
+        i = int(bad[0])
+        raise _fail(path, f"{where(i)}: field 'correct' is True but field 'answer' is "
+                          f"{'missing' if missing_answer[i] else 'empty'}")
     bad = (~df["finish_reason"].isin(FINISH_REASONS)).to_numpy().nonzero()[0]
     if bad.size:
         raise _fail(path, f"{where(int(bad[0]))}: field 'finish_reason' = {df['finish_reason'].iloc[bad[0]]!r}, "
@@ -286,10 +295,51 @@ def write_pool(df: pd.DataFrame, meta: dict[str, Any], path: str | os.PathLike, 
 # ---------------------------------------------------------------------------------------------
 # Generation with checkpoint / resume
 # ---------------------------------------------------------------------------------------------
+def regrade_frame(df: pd.DataFrame, grader: Grader | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``answer`` and ``correct`` of every row derived again from its ``text``, ``finish_reason``
+    and ``gold`` by the current grading rule (no model). Returns the new frame and the pool's
+    ``meta["grading"]`` entry: the rule (:func:`optscale.grading.grading_rule`) and what grading
+    did (:class:`optscale.grading.GradingStats`, unresolved comparisons included)."""
+    grader = grader or default_grader()
+    with grader.record() as stats:
+        graded = [grader.grade(g, t, f) for g, t, f in zip(df["gold"], df["text"], df["finish_reason"])]
+    out = df.copy()
+    out["answer"] = pd.Series([a for a, _ in graded], index=df.index, dtype=object)
+    out["correct"] = [bool(c) for _, c in graded]
+    return out, {**grading_rule(grader.cpu_budget_s), **stats.as_dict()}
+
+
+def _add_grading(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``meta["grading"]`` of a pool written in several merges: counts summed (same rule)."""
+    if not old or old.get("version") != new["version"]:
+        return new
+    out = {**new, **{k: old.get(k, 0) + new[k] for k in ("parses", "compares", "parse_timeouts", "compare_timeouts")}}
+    out["unresolved_examples"] = (old.get("unresolved_examples", []) + new["unresolved_examples"])[:10]
+    return out
+
+
+def regrade_pool(path: str | os.PathLike) -> dict[str, Any]:
+    """Regrade a pool file in place (:func:`regrade_frame`; atomic rewrite). Returns how many
+    answers and correct flags changed and the single-sample accuracy before and after."""
+    pool = read_pool(path, allow_partial_scores=True)
+    new, grading = regrade_frame(pool.df)
+    old_ans = pool.df["answer"].astype(object).to_numpy(dtype=object, na_value=None)  # a missing answer: None
+    summary = {
+        "dataset": pool.dataset, "samples": len(new),
+        "answers_changed": int((old_ans != new["answer"].to_numpy(dtype=object)).sum()),
+        "correct_changed": int((pool.df["correct"].astype(bool).to_numpy() != new["correct"].to_numpy()).sum()),
+        "accuracy_before": float(pool.df["correct"].astype(bool).mean()), "accuracy_after": float(new["correct"].mean()),
+        "grading_before": pool.meta.get("grading", {}).get("version", 1), "grading": grading,
+    }
+    write_pool(new, {**pool.meta, "grading": grading}, path, allow_partial_scores=True)
+    return summary
+
+
 def _rows_for_question(problem: Problem, comps: Sequence[Completion], scores: dict[str, list]) -> list[dict]:
     rows = []
     for k, c in enumerate(comps):
-        ans, ok = grade(problem.answer, c.text)
+        # a truncated sample (finish_reason "length") must state its answer: no last-number fallback
+        ans, ok = grade(problem.answer, c.text, c.finish_reason)
         row = {
             "dataset": problem.dataset,
             "question_id": problem.id,
@@ -343,8 +393,16 @@ def _merge_checkpoint_rows(path: Path, ckpt: Path, base_df: pd.DataFrame | None,
     rows = _read_checkpoint(ckpt)
     if not rows:
         return base_df
-    parts = ([base_df] if base_df is not None else []) + [pd.DataFrame(rows)]
-    df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+    new_df = pd.DataFrame(rows)
+    if base_df is not None and meta.get("grading", {}).get("version") != GRADING_RULE_VERSION:
+        # a pool begun under an older grading rule: every row by the current one
+        df = pd.concat([base_df, new_df], ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+        df, meta["grading"] = regrade_frame(df)
+    else:  # the new rows (graded by this rule already) once more, to record what grading did
+        new_df, grading = regrade_frame(new_df)
+        meta["grading"] = _add_grading(meta.get("grading"), grading)
+        parts = ([base_df] if base_df is not None else []) + [new_df]
+        df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_pool(df, meta, path, allow_partial_scores=True)
     ckpt.unlink(missing_ok=True)

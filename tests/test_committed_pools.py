@@ -11,7 +11,7 @@ import pytest
 
 from optscale.config import BENCHMARKS, load_config
 from optscale.data import load_benchmark
-from optscale.grading import grade
+from optscale.grading import GRADING_RULE_VERSION, grade
 from optscale.pools import pool_path, read_pool
 
 
@@ -57,13 +57,16 @@ def test_committed_pool_has_every_target_question_and_sample(name, cpu_config, d
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_committed_pool_regrades_the_same(name):
-    """The stored answer and correctness are what today's extraction + math-verify give."""
+    """The stored answer and correctness are what today's extraction + math-verify give (a
+    truncated sample without a stated answer has none), and the metadata names today's rule."""
     pool = committed_pool(name)
+    assert pool.meta.get("grading", {}).get("version", 1) == GRADING_RULE_VERSION, f"{name}: graded by an older rule"
     stored = zip(pool.matrix("question_id").ravel(), pool.matrix("sample_index").ravel(), pool.matrix("gold").ravel(),
-                 pool.matrix("text").ravel(), pool.answers().ravel(), pool.correct().ravel())
+                 pool.matrix("text").ravel(), pool.matrix("finish_reason").ravel(), pool.answers().ravel(),
+                 pool.correct().ravel())
     mismatches = []
-    for qid, k, gold, text, answer, correct in stored:
-        new_answer, new_correct = grade(gold, text)
+    for qid, k, gold, text, finish_reason, answer, correct in stored:
+        new_answer, new_correct = grade(gold, text, finish_reason)
         if new_answer != answer or new_correct != correct:
             mismatches.append((qid, k, answer, new_answer, correct, new_correct))
     assert not mismatches, (

@@ -297,3 +297,85 @@ def test_missing_answer_reads_back_as_none_and_votes_as_no_answer(tmp_path):
     assert all(isinstance(a, str) for i, row in enumerate(answers) for j, a in enumerate(row) if (i, j) != (1, 2))
     labels = answer_labels(again)
     assert labels[1, 2] == -1 and (np.delete(labels[1], 2) >= 0).all()
+
+
+# -- issue 17 item 7 and issue 16's grading rule ----------------------------------------------
+@pytest.mark.parametrize("answer,what", [(None, "missing"), ("", "empty"), ("  ", "empty")])
+def test_correct_without_an_answer_is_rejected(tmp_path, answer, what):
+    cfg, path = _make_pool(tmp_path)
+
+    def mutate(d):
+        d["answer"] = d["answer"].astype(object)
+        d.loc[6, "answer"] = answer
+        d.loc[6, "correct"] = True
+
+    df, meta = _corrupt(path, mutate)
+    with pytest.raises(PoolError) as e:
+        write_pool(df, meta, tmp_path / "bad.parquet")
+    assert str(e.value) == (f"{tmp_path / 'bad.parquet'}: row 6 (question 'q1', sample 2): field 'correct' is True "
+                            f"but field 'answer' is {what}")
+
+
+def test_truncated_sample_without_a_stated_answer_has_none():
+    from optscale.pools import _rows_for_question
+    from optscale.samplers.base import Completion
+
+    p = _problems(1)[0]
+    comps = [Completion("so 40 + 2 = 42", 5, "length", 0), Completion("so 40 + 2 = 42", 5, "stop", 0),
+             Completion(r"so \boxed{42} and", 5, "length", 0)]
+    rows = _rows_for_question(p, comps, {})
+    assert [(r["answer"], r["correct"]) for r in rows] == [(None, False), ("42", True), ("42", True)]
+
+
+def test_regrade_pool_rewrites_answers_by_the_current_rule(tmp_path):
+    from optscale.grading import GRADING_RULE_VERSION
+    from optscale.pools import regrade_pool
+
+    cfg, path = _make_pool(tmp_path)
+    pool = read_pool(path)
+    assert pool.meta["grading"]["version"] == GRADING_RULE_VERSION  # generation records the rule
+    df, meta = pool.df.copy(), {k: v for k, v in pool.meta.items() if k != "grading"}
+    # as the rule-1 grader stored it: a truncated sample credited through its last number
+    df.loc[1, ["text", "finish_reason", "answer", "correct"]] = ["then 40 + 2 = 42", "length", "42", True]
+    write_pool(df, meta, path)
+    summary = regrade_pool(path)
+    assert (summary["answers_changed"], summary["correct_changed"], summary["grading_before"]) == (1, 1, 1)
+    again = read_pool(path)
+    assert again.df.loc[1, "answer"] is None or pd.isna(again.df.loc[1, "answer"])
+    assert not again.df.loc[1, "correct"] and again.meta["grading"]["version"] == GRADING_RULE_VERSION
+    pd.testing.assert_frame_equal(again.df.drop(index=1), pool.df.drop(index=1))
+    assert regrade_pool(path)["answers_changed"] == 0  # idempotent
+
+
+def test_generate_regrade_command(tmp_path, capsys):
+    from optscale.generate import main
+
+    cfg, path = _make_pool(tmp_path)
+    pool = read_pool(path)
+    df = pool.df.copy()
+    df.loc[2, ["text", "finish_reason", "answer", "correct"]] = ["so 40 + 2 = 42", "length", "42", True]
+    write_pool(df, pool.meta, path)
+    args = ["regrade", "--profile", "cpu", "--datasets", "gsm8k", "--overrides",
+            f"pools.pool_dir={tmp_path}, pools.pool_name=fake"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gsm8k: 20 samples, grading rule 2 -> 2: 1 answers and 1 correct flags changed; "
+                          "single-sample accuracy ") and "unresolved: 0 parses, 0 comparisons" in out
+    path.with_suffix(".checkpoint.jsonl").write_text("")
+    assert main(args) == 1 and "checkpoint.jsonl exists" in capsys.readouterr().err
+
+
+def test_resuming_a_pool_of_an_older_grading_rule_regrades_it(tmp_path):
+    from optscale.grading import GRADING_RULE_VERSION
+
+    cfg, path = _make_pool(tmp_path, n_q=3)
+    pool = read_pool(path)
+    df, meta = pool.df.copy(), {k: v for k, v in pool.meta.items() if k != "grading"}  # as rule 1 wrote it
+    df.loc[1, ["text", "finish_reason", "answer", "correct"]] = ["then 40 + 2 = 42", "length", "42", True]
+    write_pool(df, meta, path)
+    sampler, scorer = FakeSampler(cfg.sampling), get_scorer("self-certainty", cfg.scoring)
+    generate_pool(cfg, "gsm8k", _problems(5), sampler, [scorer], progress=False, flush_every=1)
+    again = read_pool(path)
+    assert again.n_questions == 5 and again.meta["grading"]["version"] == GRADING_RULE_VERSION
+    assert pd.isna(again.df.loc[1, "answer"]) and not again.df.loc[1, "correct"]
+    assert again.meta["grading"]["compare_timeouts"] == 0 and again.meta["grading"]["parses"] >= 0

@@ -1093,6 +1093,7 @@ def verifier_auroc_caption(points: pd.DataFrame, config: Any, notes: Sequence[st
             f"scorer's within-question AUROC (mean over questions with a correct and a wrong sample; "
             f"{e.ci_level:.0%} bootstrap CI over those questions). Tokens saved and accuracy difference: two-fold "
             f"cross-fitted evaluation (tuned on one half, reported on the other, pooled; split seed "
-            f"{e.split_seed}, {e.orders} orders), {e.ci_level:.0%} paired bootstrap CIs over questions; filled "
-            f"marker = non-inferior (one-sided {e.noninferiority_level:.0%} lower bound above "
-            f"-{e.noninferiority_margin:g}). No predictor prior. Pools: " + "; ".join(pools) + "." + skipped)
+            f"{e.split_seed}, {e.orders} orders), error bars: two-sided {e.ci_level:.0%} paired bootstrap CIs over "
+            f"questions; filled marker = non-inferior (one-sided {e.noninferiority_level:.0%} lower bound above "
+            f"-{e.noninferiority_margin:g}). Dash-dotted line: within-question AUROC of the token count alone "
+            f"(shorter = predicted correct). No predictor prior. Pools: " + "; ".join(pools) + "." + skipped)

@@ -49,9 +49,14 @@ def answer_labels(pool: Pool, n: int | None = None) -> np.ndarray:
     return pool._cache[key]
 
 
-def bon_correct(scores: np.ndarray, correct: np.ndarray, orders: np.ndarray, n: int) -> np.ndarray:
+def bon_correct(scores: np.ndarray, correct: np.ndarray, orders: np.ndarray, n: int,
+                answered: np.ndarray | None = None) -> np.ndarray:
     """(n_orders, questions) bool: is the highest-scored of the first ``n`` samples correct?
-    Ties go to the earlier sample in the order."""
+    Ties go to the earlier sample in the order. With ``answered`` ((questions, pool_n) bool), a
+    sample without an answer never wins unless no sample has one (the rule of
+    :func:`optscale.evaluation.bon_curve`, so that both report the same Best-of-N)."""
+    if answered is not None:
+        scores = np.where(answered, scores, np.asarray(scores, dtype=float) - 10.0)  # scores live in [0, 1]
     s = subsample(scores, orders, n)
     c = subsample(correct, orders, n)
     pick = s.argmax(-1)
@@ -86,7 +91,8 @@ def bootstrap_mean_ci(per_question: np.ndarray, reps: int, seed: int, level: flo
 
 def fixed_n_curves(pool: Pool, scorer: str, orders: np.ndarray, ns: Sequence[int], reps: int = 1000,
                    seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Best-of-N (by ``scorer``), majority vote and score-weighted vote for each N in ``ns``."""
+    """Best-of-N (by ``scorer``; a sample without an answer never wins unless none has one),
+    majority vote and score-weighted vote for each N in ``ns``."""
     scores = pool.scores(scorer)
     correct = pool.correct()
     tokens = pool.tokens()
@@ -95,7 +101,7 @@ def fixed_n_curves(pool: Pool, scorer: str, orders: np.ndarray, ns: Sequence[int
     for n in ns:
         tok = subsample(tokens, orders, n).sum(-1).mean(0)  # (questions,)
         for method, got in (
-            ("best-of-n", bon_correct(scores, correct, orders, n)),
+            ("best-of-n", bon_correct(scores, correct, orders, n, answered=labels >= 0)),
             ("majority", majority_correct(labels, correct, orders, n)),
             ("weighted-majority", majority_correct(labels, correct, orders, n, weights=scores)),
         ):
@@ -207,7 +213,7 @@ def pool_status(pool: Pool, orders: np.ndarray, reps: int = 1000, seed: int = 0,
         for method in ("best-of-n", "weighted-majority"):
             key = f"{method}__{sc}"
             row[key], row[f"{key}_lo"], row[f"{key}_hi"] = c.loc[method, ["accuracy", "ci_low", "ci_high"]]
-        gain = bon_correct(pool.scores(sc), correct, orders, n).mean(0) - single
+        gain = bon_correct(pool.scores(sc), correct, orders, n, answered=answer_labels(pool) >= 0).mean(0) - single
         key = f"bon_gain__{sc}"
         row[key], row[f"{key}_lo"], row[f"{key}_hi"] = bootstrap_mean_ci(gain, reps, seed, level)
     return row

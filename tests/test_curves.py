@@ -18,6 +18,25 @@ def test_bon_picks_highest_score():
     # averaged over all orders, BoN@3 is order-free
     many = replay_orders(2, 3, 30, seed=1)
     assert bon_correct(scores, correct, many, 3).all(0).tolist() == [True, False]
+    # a sample without an answer never wins while another has one (as evaluation.bon_curve)
+    answered = np.array([[True, False, True], [True, True, True]])
+    assert bon_correct(scores, correct, ident, 3, answered=answered).tolist() == [[False, False]]
+    assert bon_correct(scores, correct, ident, 2, answered=np.array([[False, False, True]] * 2)).tolist() == [[True, False]]
+
+
+def test_pool_bon_equals_the_evaluation_bon_curve():
+    from optscale.evaluation import PoolArrays, bon_curve
+
+    rng = np.random.default_rng(4)
+    scores, correct = rng.random((6, 5)), rng.random((6, 5)) < 0.4
+    labels = np.where(rng.random((6, 5)) < 0.3, -1, rng.integers(0, 3, (6, 5)))
+    correct &= labels >= 0
+    orders = replay_orders(6, 5, 7, seed=2)
+    data = PoolArrays("toy", np.arange(6).astype(str).astype(object), scores, correct, np.ones((6, 5)), labels,
+                      labels.astype(str).astype(object))
+    for n in (1, 3, 5):
+        assert np.array_equal(bon_correct(scores, correct, orders, n, answered=labels >= 0),
+                              bon_curve(data, orders)["correct"][n - 1])
 
 
 def test_majority_with_equivalence_labels_and_weights():

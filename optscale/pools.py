@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -473,6 +474,23 @@ def _complete_questions(sampler: Sampler, scorers: Sequence[Any], jobs: Iterable
             yield scored(p, comps)
 
 
+_GRADING_POOL: Any = None
+
+
+def _grading_pool() -> Any:
+    """One grading process for the session, forked on first use (before the sampler's threads
+    start, and reused by later calls); grading runs there while this process drives the replicas."""
+    global _GRADING_POOL
+    if _GRADING_POOL is None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        _GRADING_POOL = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        _GRADING_POOL.submit(grade, "1", "1").result()  # start it now, with math-verify loaded
+    return _GRADING_POOL
+
+
 def _replica_summary(sampler: Sampler, before: list[dict] | None) -> list[dict] | None:
     """Per-replica counts of this run (the sampler's counters minus those at its start)."""
     if not hasattr(sampler, "run_summary"):
@@ -502,6 +520,7 @@ def generate_pool(
     on_question: Callable[[Problem], None] | None = None,
     deadline: float | None = None,
     questions_in_flight: int | None = None,
+    grading_workers: int | None = None,
 ) -> Path:
     """Sample ``n_samples[dataset]`` completions for every problem not yet in the pool, grade
     and score them, checkpoint each question as it completes, merge into Parquet every
@@ -517,7 +536,9 @@ def generate_pool(
 
     ``max_questions`` stops after that many new questions (for interleaving benchmarks);
     ``deadline`` (a ``time.time()`` value) starts no new question after it, so a time-boxed run
-    overshoots by at most the questions in flight. A sampler with replicas (``run_summary()``)
+    overshoots by at most the questions in flight. ``grading_workers`` (default: 1 for samplers
+    that stream questions, 0 for in-process ones) grades in a separate process, so that grading
+    (math-verify, pure Python) does not hold up the HTTP event loop. A sampler with replicas (``run_summary()``)
     has its per-replica counts of this run logged and stored in the metadata (``run_summary``).
     """
     from tqdm.auto import tqdm
@@ -570,39 +591,57 @@ def generate_pool(
             )
 
     before = sampler.run_summary() if hasattr(sampler, "run_summary") else None
+    concurrent = hasattr(sampler, "iter_complete") or hasattr(sampler, "iter_questions")
+    graders = _grading_pool() if (grading_workers if grading_workers is not None else concurrent) and todo else None
     t0, finished, toks, since = time.time(), 0, 0, 0
     bar = tqdm(total=len(todo), desc=f"{dataset} pool", disable=not progress)
+    pending: deque = deque()  # (problem, completions, future rows) graded in the grading process
     ok = False
+
+    def write(p: Problem, comps: Sequence[Completion], rows: list[dict]) -> None:
+        nonlocal finished, toks, since
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        with open(ckpt, "a") as f:
+            f.write(json.dumps({"question_id": p.id, "rows": rows}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        finished += 1
+        toks += sum(c.n_tokens for c in comps)
+        bar.update(1)
+        bar.set_postfix(acc=f"{np.mean([r['correct'] for r in rows]):.2f}",
+                        tok_s=f"{toks / max(time.time() - t0, 1e-9):.1f}")
+        if on_question:
+            on_question(p)
+        since += 1
+        if since >= flush_every:
+            flush()
+            since = 0
+
     try:
         for p, comps, scores in _complete_questions(sampler, scorers, jobs(), questions_in_flight):
-            rows = _rows_for_question(p, comps, scores)
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            with open(ckpt, "a") as f:
-                f.write(json.dumps({"question_id": p.id, "rows": rows}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            finished += 1
-            toks += sum(c.n_tokens for c in comps)
-            bar.update(1)
-            bar.set_postfix(acc=f"{np.mean([r['correct'] for r in rows]):.2f}",
-                            tok_s=f"{toks / max(time.time() - t0, 1e-9):.1f}")
-            if on_question:
-                on_question(p)
-            since += 1
-            if since >= flush_every:
-                flush()
-                since = 0
+            if graders is None:
+                write(p, comps, _rows_for_question(p, comps, scores))
+                continue
+            pending.append((p, comps, graders.submit(_rows_for_question, p, comps, scores)))
+            while pending and pending[0][2].done():
+                q, c, fut = pending.popleft()
+                write(q, c, fut.result())
         ok = True
     finally:
-        bar.close()
-        summary = _replica_summary(sampler, before)
-        if summary is not None:
-            meta["run_summary"] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "questions": finished, "seconds": round(time.time() - t0, 3),
-                                   "replicas": summary}
-            _log.info("%s: %d question(s) in %.1f s; per replica: %s", dataset, finished, time.time() - t0,
-                      "; ".join(f"{r['url']} served {r['served']} failed {r['failed']} retried {r['retried']}"
-                                + ("" if r["alive"] else f" dead since {r['dead_since']}") for r in summary))
+        try:  # every question that was sampled is graded and checkpointed, also when sampling failed
+            while pending:
+                q, c, fut = pending.popleft()
+                write(q, c, fut.result())
+        finally:
+            bar.close()
+            summary = _replica_summary(sampler, before)
+            if summary is not None:
+                meta["run_summary"] = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       "questions": finished, "seconds": round(time.time() - t0, 3),
+                                       "replicas": summary}
+                _log.info("%s: %d question(s) in %.1f s; per replica: %s", dataset, finished, time.time() - t0,
+                          "; ".join(f"{r['url']} served {r['served']} failed {r['failed']} retried {r['retried']}"
+                                    + ("" if r["alive"] else f" dead since {r['dead_since']}") for r in summary))
     if ok:
         flush()
         if since == 0 and finished and base_df is not None:  # the last flush came before the run summary

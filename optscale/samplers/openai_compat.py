@@ -23,9 +23,9 @@ sampler spreads the work over them:
   only if the request was sent after the replica's previous strike, so a burst of simultaneous
   errors (one incident) is one strike, and a success clears them. ``dead_after`` strikes in a row,
   one request timeout or a refused connection (no server) mark the replica dead. So does a hang:
-  no answer for ``stall_factor`` x the longest answer seen so far (at least ``stall_min_s``) while
-  other replicas answer; its requests go to the others at once instead of after
-  ``request_timeout_s``. The state lives on the sampler,
+  no answer for ``stall_factor`` x the longest answer seen so far (at least ``stall_min_s``, 30 s)
+  while other replicas answer; its requests go to the others then instead of after
+  ``request_timeout_s`` (1800 s in ``endpoint.yaml``). The state lives on the sampler,
   so later calls (the next questions) skip it. A dead replica is health-probed (``GET /models``)
   after a cool-down (``cooldown_s``, doubling per failed probe up to ``cooldown_max_s``) and comes
   back when it answers. When no replica is alive, each is probed at once; if none answers, the
@@ -464,6 +464,7 @@ class _Session:
             sent = self.sent.pop(task, None)
         if sent is not None:
             self.s._max_latency = max(self.s._max_latency, time.monotonic() - sent[1])
+            self.s._answers += 1
         with self.s._stats_lock:
             st.last_answer = time.monotonic()
             st.ok += 1
@@ -561,11 +562,12 @@ class _Session:
 
     def _stalls(self, now: float) -> None:
         """A replica whose oldest request has waited ``stall_factor`` times the longest answer seen
-        so far (and at least ``stall_min_s``) with no answer of its own since, while another
-        replica answered in that time, is hung: it is marked dead and its requests go elsewhere,
-        long before ``request_timeout_s``."""
+        so far (and at least ``stall_min_s``) with no answer of its own in that time, while another
+        replica answered after that request was sent, is hung: it is marked dead and its requests go
+        elsewhere, long before ``request_timeout_s``. Active once ``stall_min_answers`` answers
+        were seen (the longest of them stands for the slow tail)."""
         s = self.s
-        if now < self.next_stall_check or s._max_latency <= 0:
+        if now < self.next_stall_check or s._answers < s.stall_min_answers:
             return
         self.next_stall_check = now + 0.25
         limit = max(s.stall_min_s, s.stall_factor * s._max_latency)
@@ -577,8 +579,8 @@ class _Session:
             st = s.stats[e]
             if not st.alive or now - t < limit or now - st.last_answer < limit:
                 continue
-            if not any(o.alive and o is not st and now - o.last_answer < limit for o in s.stats):
-                continue  # nobody answers: no evidence against this replica in particular
+            if not any(o is not st and o.last_answer > t for o in s.stats):
+                continue  # nobody answered since: no evidence against this replica in particular
             log.warning("endpoint %s: no answer for %.1f s (limit %.1f s = max(%.0f s, %.1f x the longest answer "
                         "%.2f s)) while other replicas answered: treating it as hung", st.url, now - t, limit,
                         s.stall_min_s, s.stall_factor, s._max_latency)
@@ -643,7 +645,7 @@ class OpenAICompatSampler(Sampler):
                  dead_after: int = 3, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0,
                  extra_body: dict[str, Any] | None = None, cooldown_s: float = 10.0, cooldown_max_s: float = 300.0,
                  probe_timeout_s: float = 10.0, questions_in_flight: int | None = None,
-                 stall_factor: float = 3.0, stall_min_s: float = 10.0):
+                 stall_factor: float = 3.0, stall_min_s: float = 30.0, stall_min_answers: int = 20):
         if api not in ("completions", "chat"):
             raise SamplerError(f"api={api!r}: use 'completions' or 'chat'")
         urls = list(endpoints if endpoints is not None else config.endpoints)
@@ -667,8 +669,9 @@ class OpenAICompatSampler(Sampler):
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.cooldown_s, self.cooldown_max_s = cooldown_s, cooldown_max_s
         self.probe_timeout_s = min(probe_timeout_s, config.request_timeout_s)
-        self.stall_factor, self.stall_min_s = stall_factor, stall_min_s
+        self.stall_factor, self.stall_min_s, self.stall_min_answers = stall_factor, stall_min_s, stall_min_answers
         self._max_latency = 0.0  # longest successful request so far (seconds), for hang detection
+        self._answers = 0
         self._questions_in_flight = questions_in_flight
         self.extra_body = dict(extra_body or {})
         self.template = load_prompt_template(config.prompt_template)

@@ -1,26 +1,38 @@
-"""CPU generation throughput of the embedded model, measured in one run (ratios, not asserts).
+"""CPU generation throughput of the shipped models, measured in one run (ratios, not asserts).
 
-Compares, on the same prompt and token budget: transformers ``model.generate`` in float32 and
-bfloat16, and the project's decoding loop (:class:`optscale.samplers.hf_cpu.HFSampler`) in
-bfloat16, which prefills once and drops finished sequences. Prints tokens/s and ratios.
+On the same GSM8K prompt, number of sequences and token budget, for one model:
 
-    python benchmarks/bench_sampler.py [--n 16] [--tokens 128]
+- ``hf-generate/bf16``: transformers ``model.generate`` in bfloat16 (the reference loop);
+- ``hf-cpu/bf16``: the project's transformers sampler (prefill once, drop finished sequences,
+  records log-probs);
+- ``llama-cpp``: the project's llama.cpp sampler (one batch, the prompt's KV cells shared by all
+  sequences, llama.cpp's sampler chain, records raw log-probs and top-k confidences);
+- ``llama-cpp-raw``: the same llama.cpp batch decoding with nothing else: the same context
+  settings, seeds and sampler chains, but no log-prob extraction and no completion records. It
+  draws the same tokens as ``llama-cpp`` (checked), so the ratio is the cost of the sampler's
+  bookkeeping (goal: the sampler at >= 80% of raw).
+
+    python benchmarks/bench_sampler.py --model qwen2.5-coder-1.5b-instruct [--n 16] [--tokens 128]
+    python benchmarks/bench_sampler.py --backends llama-cpp,llama-cpp-raw   # skip transformers
+
+Run it alone: a second process on the two cores makes every number meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
-
-import torch
 
 from optscale.config import SamplingConfig
 from optscale.data import load_benchmark
-from optscale.hf_models import load_causal_lm
 from optscale.samplers import SampleRequest, get_sampler
+from optscale.samplers.base import derive_seed, load_prompt_template
 
 
-def bench_generate(model, tok, prompt_ids, n, tokens):
+def bench_hf_generate(model, tok, prompt_ids, n, tokens):
+    import torch
+
     inp = prompt_ids.repeat(n, 1)
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -28,35 +40,99 @@ def bench_generate(model, tok, prompt_ids, n, tokens):
         out = model.generate(input_ids=inp, attention_mask=torch.ones_like(inp), do_sample=True, temperature=0.7,
                              top_p=0.95, max_new_tokens=tokens, pad_token_id=tok.pad_token_id)
     dt = time.perf_counter() - t
-    new = out[:, inp.shape[1]:]
-    produced = int((new != tok.pad_token_id).sum())
-    return produced / dt, produced, dt
+    produced = int((out[:, inp.shape[1]:] != tok.pad_token_id).sum())
+    return produced, dt, None
+
+
+def bench_llama_raw(sampler, req):
+    """Decode ``req.n`` sequences of ``req``'s prompt in one batch with llama.cpp alone."""
+    L, ctx, b = sampler._L, sampler.ctx.ctx, sampler.batch.batch
+    prompt = sampler.prompt_tokens(req)
+    t = time.perf_counter()
+    L.llama_memory_clear(L.llama_get_memory(ctx), True)
+    b.n_tokens = len(prompt)
+    for k, tok in enumerate(prompt):
+        b.token[k], b.pos[k], b.n_seq_id[k], b.logits[k] = tok, k, req.n, k == len(prompt) - 1
+        for s in range(req.n):
+            b.seq_id[k][s] = s
+    assert L.llama_decode(ctx, b) == 0
+    chains = [sampler._chain(derive_seed(req.seed, j), prompt) for j in range(req.n)]
+    seqs = {s: [int(L.llama_sampler_sample(chains[s], ctx, -1))] for s in range(req.n)}
+    live = [s for s in seqs if not L.llama_vocab_is_eog(sampler.lm.vocab, seqs[s][-1])]
+    for s in seqs:
+        if s not in live:
+            seqs[s].pop()
+    while live:
+        b.n_tokens = len(live)
+        for k, s in enumerate(live):
+            b.token[k], b.pos[k], b.n_seq_id[k], b.logits[k] = seqs[s][-1], len(prompt) + len(seqs[s]) - 1, 1, True
+            b.seq_id[k][0] = s
+        assert L.llama_decode(ctx, b) == 0
+        nxt = []
+        for k, s in enumerate(live):
+            tok = int(L.llama_sampler_sample(chains[s], ctx, k))
+            if L.llama_vocab_is_eog(sampler.lm.vocab, tok):
+                continue
+            seqs[s].append(tok)
+            if len(seqs[s]) < req.max_new_tokens:
+                nxt.append(s)
+        live = nxt
+    dt = time.perf_counter() - t
+    for c in chains:
+        L.llama_sampler_free(c)
+    return sum(len(v) for v in seqs.values()), dt, [seqs[s] for s in range(req.n)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct-q4")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--backends", default="hf-generate,hf-cpu,llama-cpp,llama-cpp-raw")
     args = ap.parse_args()
+    want = args.backends.split(",")
     q = load_benchmark("gsm8k")[0].question
+    prompt = load_prompt_template("math_words.txt").replace("{question}", q).strip()
+    req = SampleRequest(prompt=prompt, n=args.n, max_new_tokens=args.tokens, seed=0)
+    cfg = SamplingConfig(model=args.model, batch_size=args.n, prompt_template="math_words.txt",
+                         max_new_tokens={"gsm8k": args.tokens})
     results = {}
-    for dtype in ("float32", "bfloat16"):
-        model, tok = load_causal_lm("qwen2.5-coder-0.5b-instruct-q4", dtype)
-        s = get_sampler("hf-cpu", SamplingConfig(dtype=dtype, batch_size=args.n), model=model, tokenizer=tok)
-        req = SampleRequest(prompt=s.format_prompt(q), n=args.n, max_new_tokens=args.tokens, seed=0)
-        ids = s.prompt_ids(req)
-        results[f"generate/{dtype}"] = bench_generate(model, tok, ids, args.n, args.tokens)
-        t = time.perf_counter()
-        comps = s.generate([req])[0]
-        dt = time.perf_counter() - t
-        produced = sum(c.n_tokens for c in comps)
-        results[f"optscale-loop/{dtype}"] = (produced / dt, produced, dt)
-    print(f"{'method':28s} {'tok/s':>8s} {'tokens':>7s} {'seconds':>8s}")
-    for k, (rate, n, dt) in results.items():
-        print(f"{k:28s} {rate:8.1f} {n:7d} {dt:8.1f}")
-    base = results["generate/float32"][0]
-    for k, (rate, _, _) in results.items():
-        print(f"ratio {k} / generate-float32: {rate / base:.2f}x")
+    if {"hf-generate", "hf-cpu"} & set(want):
+        from optscale.hf_models import load_causal_lm
+
+        model, tok = load_causal_lm(args.model, "bfloat16")
+        s = get_sampler("hf-cpu", cfg, model=model, tokenizer=tok)
+        if "hf-generate" in want:
+            results["hf-generate/bf16"] = bench_hf_generate(model, tok, s.prompt_ids(req), args.n, args.tokens)
+        if "hf-cpu" in want:
+            t = time.perf_counter()
+            comps = s.generate([req])[0]
+            results["hf-cpu/bf16"] = (sum(c.n_tokens for c in comps), time.perf_counter() - t, None)
+        del model, s
+    if {"llama-cpp", "llama-cpp-raw"} & set(want):
+        s = get_sampler("llama-cpp", cfg)
+        s.generate([SampleRequest(prompt="Hi", n=1, max_new_tokens=2, seed=1)])  # warm-up
+        if "llama-cpp" in want:
+            t = time.perf_counter()
+            comps = s.generate([req])[0]
+            results["llama-cpp"] = (sum(c.n_tokens for c in comps), time.perf_counter() - t,
+                                    [s.lm.tokenize(c.text.encode(), add_bos=False, special=False) for c in comps])
+        if "llama-cpp-raw" in want:
+            results["llama-cpp-raw"] = bench_llama_raw(s, req)
+        if "llama-cpp" in want and "llama-cpp-raw" in want:
+            same = sum(a == b for a, b in zip(results["llama-cpp"][2], results["llama-cpp-raw"][2]))
+            print(f"llama-cpp and llama-cpp-raw drew the same tokens for {same}/{args.n} sequences")
+        s.close()
+    print(f"model {args.model}, {args.n} sequences x up to {args.tokens} new tokens, "
+          f"{os.environ.get('OPTSCALE_TORCH_THREADS', os.cpu_count())} threads")
+    print(f"{'method':18s} {'tok/s':>8s} {'tokens':>7s} {'seconds':>8s}")
+    for k, (n, dt, _) in results.items():
+        print(f"{k:18s} {n / dt:8.1f} {n:7d} {dt:8.1f}")
+    rate = {k: n / dt for k, (n, dt, _) in results.items()}
+    if "llama-cpp" in rate and "llama-cpp-raw" in rate:
+        print(f"ratio llama-cpp / llama-cpp-raw: {rate['llama-cpp'] / rate['llama-cpp-raw']:.2f}")
+    if "llama-cpp" in rate and "hf-cpu/bf16" in rate:
+        print(f"ratio llama-cpp / hf-cpu bf16: {rate['llama-cpp'] / rate['hf-cpu/bf16']:.2f}")
 
 
 if __name__ == "__main__":

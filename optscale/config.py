@@ -58,9 +58,17 @@ class DataConfig:
     # None: $OPTSCALE_DATA_DIR, else ../shared/data/optscale next to the project.
     data_dir: str | None = None
     benchmarks: tuple[str, ...] = BENCHMARKS
-    # Questions per benchmark (first k in file order); 0 = all.
+    # Questions per benchmark: the first k of the selection order after `offset`; 0 = all.
     max_questions: dict[str, int] = field(
         default_factory=lambda: _per_benchmark(math500=64, gsm8k=64, aime24=0, aime25=0, amc23=0)
+    )
+    # Selection order (optscale.selection): "first" = file order; "stratified" = a seeded order whose
+    # every prefix is stratified by subject and level (MATH-500) or a seeded shuffle (others).
+    selection: str = "first"
+    selection_seed: int = 0
+    # Questions of the selection order skipped before the first k (a study placed past the pools).
+    offset: dict[str, int] = field(
+        default_factory=lambda: _per_benchmark(math500=0, gsm8k=0, aime24=0, aime25=0, amc23=0)
     )
 
 
@@ -71,6 +79,9 @@ class SamplingConfig:
     dtype: str = "bfloat16"  # bf16 is ~2x fp32 on this CPU (benchmarks/bench_sampler.py)
     temperature: float = 0.7
     top_p: float = 0.95
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off (llama-cpp backend: over the last 64 generated tokens)
+    system_prompt: str = ""  # "" = the chat template's default system message
     seed: int = 0
     batch_size: int = 16  # sequences per generate() call
     prompt_template: str = "solve.txt"  # file in optscale/prompts/
@@ -101,6 +112,10 @@ class ScoringConfig:
     primary: str = "self-certainty"
     aggregation: str = "mean"  # step-score aggregation: mean | min | last | prod (paper: mean)
     judge_template: str = "judge.txt"
+    answer_judge_template: str = "answer_judge.txt"  # scorer "answer-judge"
+    judge_model: str = "qwen2.5-coder-0.5b-instruct-q4"  # model of the lm-judge / answer-judge scorers
+    conf_window: int = 32  # tokens per DeepConf group (scorer "lowest-group-confidence")
+    tail_tokens: int = 64  # last tokens averaged by scorer "tail-confidence"
     max_steps: int = 24  # later steps are merged into the last one for judging
     prm_model: str = "Qwen/Qwen2.5-Math-PRM-7B"  # GPU PRM (scorer "prm")
     prm_batch_size: int = 8
@@ -391,6 +406,15 @@ def _validate(cfg: RunConfig) -> None:
         bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise ConfigError(f"{name}: values must be non-negative integers, got {bad}")
+    if not isinstance(s.top_k, int) or s.top_k < 0:
+        raise ConfigError(f"sampling.top_k={s.top_k!r}: a non-negative integer (0 = off)")
+    if not 0.0 < s.repetition_penalty <= 2.0:
+        raise ConfigError(f"sampling.repetition_penalty={s.repetition_penalty!r} outside (0, 2] (1 = off)")
+    if d.selection not in ("first", "stratified"):
+        raise ConfigError(f"data.selection={d.selection!r}: use first|stratified")
+    bad_offset = {k: v for k, v in d.offset.items() if not isinstance(v, int) or v < 0}
+    if bad_offset:
+        raise ConfigError(f"data.offset: values must be non-negative integers, got {bad_offset}")
     if cfg.scoring.primary not in cfg.scoring.scorers:
         raise ConfigError(
             f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}"

@@ -16,6 +16,7 @@ from .config import load_config
 from .data import load_benchmark
 from .pools import generate_pool, merge_checkpoint, pool_path, read_pool, score_pool
 from .samplers import get_sampler
+from .selection import config_problems
 from .scorers import get_scorer
 
 
@@ -27,14 +28,14 @@ def build_scorers(cfg, sampler, names=None):
         if names is not None and name not in names:
             continue
         kw = {}
-        if name == "lm-judge" and hasattr(sampler, "model"):
+        if name in ("lm-judge", "answer-judge") and hasattr(sampler, "model") and cfg.scoring.judge_model == cfg.sampling.model:
             kw = {"model": sampler.model, "tokenizer": sampler.tokenizer}
         out.append(get_scorer(name, cfg.scoring, **kw))
     return out
 
 
 def _problems(cfg, ds):
-    return load_benchmark(ds, cfg.data.data_dir, limit=cfg.data.max_questions[ds] or None)
+    return config_problems(cfg, ds)
 
 
 def _pools_sampler(cfg, args):

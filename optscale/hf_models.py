@@ -14,11 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .model_files import DEFAULT_GGUF, assemble_gguf, cache_dir
+from .model_files import EMBEDDED_GGUFS, assemble_gguf, cache_dir
 
 __all__ = ["load_causal_lm", "EMBEDDED_MODELS", "torch_dtype"]
 
-EMBEDDED_MODELS = {DEFAULT_GGUF.name: DEFAULT_GGUF}
+EMBEDDED_MODELS = EMBEDDED_GGUFS
 _lock = threading.Lock()
 
 

@@ -671,7 +671,8 @@ def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], 
         idx = df.index[df["question_id"] == qid]
         g = df.loc[idx].sort_values("sample_index")
         comps = [Completion(text=r.text, n_tokens=int(r.n_tokens), finish_reason=r.finish_reason, seed=int(r.seed),
-                            token_logprobs=list(r.token_logprobs)) for r in g.itertuples()]
+                            token_logprobs=list(r.token_logprobs), token_confidence=list(r.token_confidence))
+                 for r in g.itertuples()]
         res = scorer.score(questions[qid], comps)
         for i, r in zip(g.index, res):
             df.at[i, col] = r.score

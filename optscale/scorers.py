@@ -11,6 +11,14 @@ Registered names (``SCORERS``):
   step prefix it asks "Is every step of the solution above correct so far? Answer Yes or No."
   and takes ``P(Yes) / (P(Yes) + P(No))`` from the next-token distribution. The sample score is
   the configured aggregation of the step scores (``mean`` as in the OptScale paper).
+- ``answer-judge``: the same kind of judge asked once per sample, after the whole solution,
+  "Is the final answer of this solution correct? Answer Yes or No." (one forward pass per sample;
+  the judge model is ``scoring.judge_model``, e.g. the 1.5B model judging the 0.5B's samples).
+- ``lowest-group-confidence`` / ``tail-confidence``: DeepConf's trace confidences from the token
+  confidences the sampler records (``C_t`` = minus the mean top-k log-prob of token t): the lowest
+  mean ``C`` over sliding windows of ``scoring.conf_window`` tokens, and the mean ``C`` of the last
+  ``scoring.tail_tokens`` tokens, mapped to [0, 1) by ``C / (1 + C)`` (monotone, so rankings and
+  AUROC are those of ``C``; typical C of 2-10 land in 0.67-0.91). No extra compute.
 - ``prm``: Qwen2.5-Math-PRM-style reward model (GPU path; see ``optscale.prm``).
 
 All step-score aggregations live in :func:`aggregate_steps`.
@@ -30,7 +38,8 @@ from .grading import split_steps
 from .registry import Registry
 from .samplers.base import Completion, load_prompt_template
 
-__all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer"]
+__all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
+           "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer"]
 
 SCORERS: Registry = Registry("scorer")
 
@@ -121,15 +130,18 @@ class LMJudgeScorer(Scorer):
 
     name = "lm-judge"
 
+    template_key = "judge_template"
+
     def __init__(self, config: ScoringConfig, model: Any = None, tokenizer: Any = None,
-                 model_name: str = "qwen2.5-coder-0.5b-instruct-q4", dtype: str = "bfloat16", device: str = "cpu"):
+                 model_name: str | None = None, dtype: str = "bfloat16", device: str = "cpu"):
         super().__init__(config)
+        model_name = model_name or config.judge_model
         if model is None:
             from .hf_models import load_causal_lm
 
             model, tokenizer = load_causal_lm(model_name, dtype, device)
         self.model, self.tokenizer, self.model_name, self.device = model, tokenizer, model_name, device
-        self.template = load_prompt_template(config.judge_template)
+        self.template = load_prompt_template(getattr(config, self.template_key))
         self.yes_id = self._single_token("Yes")
         self.no_id = self._single_token("No")
         # Only the Yes/No logits are needed: run the decoder body and project its last hidden
@@ -168,7 +180,7 @@ class LMJudgeScorer(Scorer):
             cache = out.past_key_values
             base_len = len(pre)
             for c in completions:
-                spans = split_steps(c.text, self.config.max_steps)
+                spans = self._spans(c.text)
                 chunk_ids, bounds = [], []
                 prev = 0
                 for _, end in spans:
@@ -188,8 +200,79 @@ class LMJudgeScorer(Scorer):
                     pair = self.head @ h.float()
                     step_scores[k] = float(torch.softmax(pair, 0)[0])
                 cache.crop(base_len - cur)
-                results.append(ScoreResult(aggregate_steps(step_scores, self.config.aggregation), tuple(step_scores)))
+                results.append(ScoreResult(self._aggregate(step_scores), tuple(step_scores)))
         return results
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        return split_steps(text, self.config.max_steps)
+
+    def _aggregate(self, step_scores: Sequence[float]) -> float:
+        return aggregate_steps(step_scores, self.config.aggregation)
+
+
+@SCORERS.register("answer-judge")
+class AnswerJudgeScorer(LMJudgeScorer):
+    """The LM judge asked once, after the whole solution, whether its final answer is correct."""
+
+    name = "answer-judge"
+    template_key = "answer_judge_template"
+
+    def describe(self) -> dict[str, Any]:
+        return {"scorer": self.name, "model": self.model_name, "template": self.template}
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        return [(0, len(text))]
+
+    def _aggregate(self, step_scores: Sequence[float]) -> float:
+        return float(step_scores[-1])
+
+
+class _TraceConfidenceScorer(Scorer):
+    """Base of the DeepConf trace confidences: ``C / (1 + C)`` of a per-trace confidence ``C``."""
+
+    def trace_confidence(self, token_confidence: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def score(self, question: str, completions: Sequence[Completion]) -> list[ScoreResult]:
+        out = []
+        for c in completions:
+            conf = -np.asarray(c.token_confidence, dtype=float)
+            if conf.size == 0:
+                if c.n_tokens:
+                    raise ValueError(f"{self.name}: the sample has {c.n_tokens} tokens but no token confidences "
+                                     "(the pool was sampled without them)")
+                out.append(ScoreResult(0.0, (0.0,)))
+                continue
+            trace = max(self.trace_confidence(conf), 0.0)
+            s = float(trace / (1.0 + trace))
+            out.append(ScoreResult(s, (s,)))
+        return out
+
+
+@SCORERS.register("lowest-group-confidence")
+class LowestGroupConfidenceScorer(_TraceConfidenceScorer):
+    name = "lowest-group-confidence"
+
+    def describe(self) -> dict[str, Any]:
+        return {"scorer": self.name, "window": self.config.conf_window,
+                "definition": "C / (1 + C), C = min over sliding windows of the mean C_t, C_t = -mean top-k log-prob"}
+
+    def trace_confidence(self, conf: np.ndarray) -> float:
+        from .policies import lowest_group_confidence
+
+        return lowest_group_confidence(-conf, self.config.conf_window)
+
+
+@SCORERS.register("tail-confidence")
+class TailConfidenceScorer(_TraceConfidenceScorer):
+    name = "tail-confidence"
+
+    def describe(self) -> dict[str, Any]:
+        return {"scorer": self.name, "tail_tokens": self.config.tail_tokens,
+                "definition": "C / (1 + C), C = mean C_t over the last tail_tokens tokens, C_t = -mean top-k log-prob"}
+
+    def trace_confidence(self, conf: np.ndarray) -> float:
+        return float(conf[-self.config.tail_tokens:].mean())
 
 
 SCORERS.register("prm", "optscale.prm:PRMScorer")

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Callable, Sequence
 
-__all__ = ["run_coroutine_sync", "SampleRequest", "Completion", "Sampler", "derive_seed", "load_prompt_template", "SamplerError"]
+__all__ = ["run_coroutine_sync", "SampleRequest", "Completion", "Sampler", "derive_seed", "load_prompt_template",
+           "SamplerError", "chat_messages"]
 
 
 class SamplerError(RuntimeError):
@@ -54,6 +55,13 @@ def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from any parts (run seed, dataset, question id, batch index)."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def chat_messages(config: Any, prompt: str) -> list[dict[str, str]]:
+    """The chat a backend formats with the model's template: ``sampling.system_prompt`` as the
+    system message when it is set (else the template's own default), then the user prompt."""
+    system = getattr(config, "system_prompt", "") or ""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
 def load_prompt_template(name: str) -> str:

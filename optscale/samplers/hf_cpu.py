@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..config import SamplingConfig
-from .base import Completion, SampleRequest, Sampler, derive_seed, load_prompt_template
+from .base import Completion, SampleRequest, Sampler, SamplerError, chat_messages, derive_seed, load_prompt_template
 
 __all__ = ["HFSampler"]
 
@@ -30,6 +30,12 @@ class HFSampler(Sampler):
 
             model, tokenizer = load_causal_lm(config.model, config.dtype, device)
         self.model, self.tokenizer = model, tokenizer
+        if config.repetition_penalty != 1.0:
+            raise SamplerError(
+                f"sampling.repetition_penalty={config.repetition_penalty}: the hf-cpu backend has no repetition "
+                "penalty (llama.cpp's penalty over the last 64 generated tokens has no exact transformers "
+                "equivalent); use backend 'llama-cpp' or repetition_penalty 1.0"
+            )
         self.template = load_prompt_template(config.prompt_template)
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -54,7 +60,7 @@ class HFSampler(Sampler):
 
     def prompt_ids(self, request: SampleRequest):
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": request.prompt}], tokenize=False, add_generation_prompt=True
+            chat_messages(self.config, request.prompt), tokenize=False, add_generation_prompt=True
         )
         return self.tokenizer(text + request.prefix, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
@@ -125,6 +131,9 @@ class HFSampler(Sampler):
         c = self.config
         if c.temperature <= 0:
             return logits.argmax(-1)
+        if c.top_k > 0:
+            kth = logits.topk(min(c.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits / c.temperature, dim=-1)
         if c.top_p < 1.0:
             sp, si = probs.sort(dim=-1, descending=True)

@@ -269,3 +269,22 @@ def test_hung_replica_is_detected_long_before_the_request_timeout(tmp_path, serv
     pd.testing.assert_frame_equal(read_pool(path).df, reference_pool)
     hung = sampler.stats[2]
     assert not hung.alive and "hung" in hung.last_error and hung.ok == 0 and reps[2].requests
+
+
+def test_a_crashed_replica_is_found_dead_by_a_probe(servers):
+    """A crash resets every open request at once (one strike); the health probe that follows finds
+    nothing listening, so the replica is reported dead even when no later request goes there."""
+    a, b = servers(latency_s=0.02), servers(latency_s=0.5)
+    sampler = _sampler(_cfg(), [a.url, b.url], cooldown_s=60.0)
+    reqs = _reqs(4)
+    killed = []
+
+    def on_completion(i, j, comp):
+        if not killed:
+            killed.append(True)
+            b.kill()
+
+    out = asyncio.run(sampler.agenerate(reqs, on_completion=on_completion))
+    assert [len(x) for x in out] == [4] * 4
+    st = sampler.stats[1]
+    assert not st.alive and st.deaths == 1 and "health probe" in st.last_error

@@ -247,6 +247,7 @@ class EndpointStats:
     backoff_until: float = 0.0  # time.monotonic(): no new request before this
     probe_at: float = 0.0  # time.monotonic() of the next health probe while dead
     last_answer: float = 0.0  # time.monotonic() of its last response (success or HTTP error)
+    check: bool = False  # probe it now: its connection failed (a crash resets every open request)
     cooldown_s: float = 0.0
 
     @property
@@ -495,6 +496,8 @@ class _Session:
                 st.backoff_until = now + delay * (0.5 + 0.5 * s._rng.random())
                 if st.alive and st.consecutive_failures >= s.dead_after:
                     self._mark_dead(e, now)
+                elif st.alive and not err.answered:
+                    st.check = True
         item.attempts += 1
         item.failed_on.add(e)
         if item.key in self.cancelled:
@@ -514,16 +517,23 @@ class _Session:
         st.deaths += 1
         st.cooldown_s = min(s.cooldown_max_s, s.cooldown_s * 2 ** (st.deaths - 1))
         st.probe_at = now + st.cooldown_s
-        log.warning("endpoint %s marked dead after %d consecutive failures (last: %s); %d replica(s) left; "
-                    "health probe in %.0f s", st.url, st.consecutive_failures, st.last_error,
-                    sum(x.alive for x in s.stats), st.cooldown_s)
+        log.warning("endpoint %s marked dead (%d strike(s); last: %s); %d replica(s) left; health probe in %.0f s",
+                    st.url, st.consecutive_failures, st.last_error, sum(x.alive for x in s.stats), st.cooldown_s)
 
     # -- health probes --------------------------------------------------------------------------
     def _probes(self, now: float) -> None:
         stats = self.s.stats
         all_dead = not any(st.alive for st in stats)
         for e, st in enumerate(stats):
-            if st.alive or e in self.probing:
+            if e in self.probing:
+                continue
+            if st.alive:  # a live replica whose connection failed: is the server still there?
+                if st.check:
+                    st.check = False
+                    self.probing.add(e)
+                    t = self.loop.create_task(self._probe(e))
+                    self.tasks.add(t)
+                    t.add_done_callback(self.tasks.discard)
                 continue
             # due after the cool-down; at once when no replica is left (nothing else can run)
             if now >= st.probe_at or (all_dead and e not in self.probed):
@@ -543,6 +553,13 @@ class _Session:
         except Exception as err:  # any failure keeps it dead
             ok, why = False, f"{type(err).__name__}: {err}"
         with s._stats_lock:
+            if st.alive:  # the check of a live replica after a connection failure
+                if not ok:
+                    st.last_error = f"{st.last_error}; health probe: {why}"
+                    self._mark_dead(e, time.monotonic())
+                self.probing.discard(e)
+                self.wake.set()
+                return
             if ok:
                 if not st.alive:
                     st.alive = True

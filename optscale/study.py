@@ -12,6 +12,11 @@ the same number of questions.
 ``python -m optscale.study report`` prints one row per (arm, benchmark): questions x samples,
 single-sample accuracy with a 95% bootstrap CI over questions, truncation, share of samples that
 write code, mean tokens and tokens/s.
+
+``python -m optscale.study score --arms A --scorers S1,S2 [--judge-model M]`` adds verifier
+columns to the arms' pools (resumable, time-boxed, CPU seconds per scored sample logged), and
+``python -m optscale.study verifiers`` prints one row per (arm, benchmark, verifier): AUROC pooled
+and within questions, the token-count baseline, BoN@n minus single-sample accuracy with CIs.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from .config import PROJECT_ROOT, load_config
 from .data import load_benchmark
 from .selection import select_questions
 
-__all__ = ["STUDY_DIR", "load_arms", "arm_config", "study_problems", "run_study", "study_table", "main"]
+__all__ = ["STUDY_DIR", "load_arms", "arm_config", "study_problems", "run_study", "study_table", "score_study",
+           "verifier_table", "study_caption", "plot_study", "main"]
 
 STUDY_DIR = PROJECT_ROOT / "data" / "study"
 CODE = re.compile(r"```|\bdef \w+\(|\bprint\(|\bimport \w+")
@@ -97,14 +103,15 @@ def run_study(arm_names: Sequence[str], datasets: Sequence[str], questions: int,
                             samplers.pop(other)[1].close()
                         samplers[arm] = (key, get_sampler(cfg.sampling.backend, cfg.sampling))
                     sampler = samplers[arm][1]
-                    t0 = time.time()
+                    t0, c0 = time.time(), time.process_time()
                     before = _tokens(path)
                     generate_pool(cfg, ds, problems[ds], sampler, [get_scorer("self-certainty", cfg.scoring)],
                                   path=path, max_questions=1, flush_every=1, progress=False)
-                    dt = time.time() - t0
+                    dt, cpu = time.time() - t0, time.process_time() - c0
                     toks = _tokens(path) - before
                     with open(out_dir / arm / "timing.jsonl", "a") as f:
-                        f.write(json.dumps({"dataset": ds, "seconds": round(dt, 2), "tokens": int(toks),
+                        f.write(json.dumps({"dataset": ds, "seconds": round(dt, 2), "cpu_seconds": round(cpu, 2),
+                                            "samples": samples, "tokens": int(toks),
                                             "threads": getattr(sampler, "n_threads", None)}) + "\n")
                     print(f"study {arm} {ds}: {have + 1}/{len(problems[ds])} questions, {toks} tokens in {dt:.0f} s "
                           f"({toks / max(dt, 1e-9):.1f} tokens/s)", file=sys.stderr, flush=True)
@@ -156,6 +163,133 @@ def study_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY_DI
     return pd.DataFrame(rows)
 
 
+def score_study(arm_names: Sequence[str], scorer_names: Sequence[str], judge_model: str | None = None,
+                datasets: Sequence[str] | None = None, out_dir: Path = STUDY_DIR, hours: float = 0.0) -> None:
+    """Add each scorer's column to the arms' pools (resumable: only unscored questions), and append
+    the CPU seconds per scored sample to ``data/study/<arm>/scoring.jsonl``. Question by question,
+    arms round-robin, until done or the deadline (no new question after it)."""
+    from .pools import read_pool, score_pool
+    from .scorers import get_scorer
+
+    deadline = time.time() + hours * 3600 if hours else None
+    base = load_config("cpu", {"scoring.judge_model": judge_model} if judge_model else None)
+    scorers = {name: get_scorer(name, base.scoring) for name in scorer_names}
+    for name, sc in scorers.items():
+        for arm in arm_names:
+            for path in sorted((out_dir / arm).glob("*.parquet")):
+                if datasets and path.stem not in datasets:
+                    continue
+                questions = {p.id: p.question for p in load_benchmark(path.stem)}
+                while True:
+                    if deadline is not None and time.time() >= deadline:
+                        print("study score: deadline reached; rerun to continue", file=sys.stderr)
+                        return
+                    df = read_pool(path, allow_partial_scores=True).df
+                    col = f"score__{sc.name}"
+                    todo = df if col not in df else df[df[col].isna()]
+                    if todo.empty:
+                        break
+                    qid = todo["question_id"].iloc[0]
+                    t0, c0 = time.time(), time.process_time()
+                    score_pool(path, sc, questions, progress=False, max_questions=1)
+                    n = int((df["question_id"] == qid).sum())
+                    with open(out_dir / arm / "scoring.jsonl", "a") as f:
+                        f.write(json.dumps({"dataset": path.stem, "scorer": sc.name, "samples": n,
+                                            "seconds": round(time.time() - t0, 2),
+                                            "cpu_seconds": round(time.process_time() - c0, 2)}) + "\n")
+
+
+def verifier_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY_DIR, reps: int = 2000,
+                   seed: int = 0, orders: int = 200) -> pd.DataFrame:
+    """One row per (arm, benchmark, verifier): accuracy, truncation, AUROC pooled and within
+    questions (CI), the token-count baseline, BoN@n minus single-sample accuracy (CI) and the
+    CPU seconds per scored sample (0 for scores read off the sampler's log-probs)."""
+    from .curves import TOKENS_SCORER, pool_status
+    from .pools import read_pool, replay_orders
+
+    arms = load_arms(out_dir / "arms.yaml")
+    rows = []
+    for arm in arm_names or list(arms):
+        cost = {}
+        sj = out_dir / arm / "scoring.jsonl"
+        if sj.is_file():
+            t = pd.read_json(sj, lines=True)
+            for (ds, sc), g in t.groupby(["dataset", "scorer"]):
+                cost[(ds, sc)] = g["cpu_seconds"].sum() / max(g["samples"].sum(), 1)
+        for path in sorted((out_dir / arm).glob("*.parquet")):
+            pool = read_pool(path, allow_partial_scores=True)
+            r = pool_status(pool, replay_orders(pool.n_questions, pool.n_per_question, orders, seed), reps, seed)
+            for sc in pool.scorers + [TOKENS_SCORER]:
+                rows.append({
+                    "arm": arm, "benchmark": pool.dataset, "questions": pool.n_questions, "samples": pool.n_per_question,
+                    "accuracy": r["single_sample_accuracy"], "truncated": r["truncated_rate"], "verifier": sc,
+                    "auroc_pooled": r[f"auroc_{sc}"], "auroc_within": r[f"auroc_within_{sc}"],
+                    "auroc_within_lo": r[f"auroc_within_{sc}_lo"], "auroc_within_hi": r[f"auroc_within_{sc}_hi"],
+                    "mixed_questions": r[f"auroc_within_questions_{sc}"],
+                    "bon_gain": r.get(f"bon_gain__{sc}", np.nan), "bon_gain_lo": r.get(f"bon_gain__{sc}_lo", np.nan),
+                    "bon_gain_hi": r.get(f"bon_gain__{sc}_hi", np.nan),
+                    "cpu_s_per_sample": cost.get((pool.dataset, sc), 0.0),
+                })
+    return pd.DataFrame(rows)
+
+
+def study_caption(arms: pd.DataFrame, out_dir: Path = STUDY_DIR) -> str:
+    """Names every arm's pool from its own metadata: generator and backend, prompt, decoding,
+    questions x samples, seed."""
+    from .pools import read_pool
+
+    parts = []
+    for r in arms.itertuples():
+        meta = read_pool(out_dir / r.arm / f"{r.benchmark}.parquet", allow_partial_scores=True).meta
+        gen, smp = meta.get("generator", {}), meta.get("sampling", {})
+        extra = "".join([
+            f", top-k {smp['top_k']}" if smp.get("top_k") else "",
+            f", repetition penalty {smp['repetition_penalty']}" if smp.get("repetition_penalty", 1.0) != 1.0 else "",
+            ", system prompt" if smp.get("system_prompt") else "",
+        ])
+        parts.append(f"{r.arm} ({gen.get('model')}, {gen.get('backend')}, prompt {smp.get('prompt_template')}, "
+                     f"T {smp.get('temperature')}, top-p {smp.get('top_p')}{extra}; {r.benchmark} "
+                     f"{r.questions} x {r.samples}, seed {meta.get('seed')})")
+    return ("Study pools (questions at positions 400+ of the seeded stratified order, outside every pool): "
+            + "; ".join(parts) + ". 95% bootstrap CIs over questions.")
+
+
+def plot_study(arms: pd.DataFrame, verifiers: pd.DataFrame | None = None):
+    """Left: single-sample accuracy per arm and benchmark (95% CI). Right: within-question AUROC
+    per (arm, verifier) with CIs; the token-count baseline drawn as an open marker."""
+    import matplotlib.pyplot as plt
+
+    ncols = 2 if verifiers is not None and len(verifiers) else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 0.45 * max(len(arms), 4) + 1.6), squeeze=False)
+    ax = axes[0, 0]
+    labels = [f"{r.arm} · {r.benchmark}" for r in arms.itertuples()]
+    y = np.arange(len(arms))
+    ax.errorbar(arms["accuracy"], y, xerr=[arms["accuracy"] - arms["accuracy_lo"], arms["accuracy_hi"] - arms["accuracy"]],
+                fmt="o", color="k", capsize=2, lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("single-sample accuracy")
+    if ncols == 2:
+        ax = axes[0, 1]
+        v = verifiers.dropna(subset=["auroc_within"]).reset_index(drop=True)
+        labels = [f"{r.arm} · {r.benchmark} · {r.verifier}" for r in v.itertuples()]
+        y = np.arange(len(v))
+        base = v["verifier"] == "fewer-tokens"
+        for mask, face in ((~base, "k"), (base, "white")):
+            g = v[mask]
+            ax.errorbar(g["auroc_within"], y[mask.to_numpy()],
+                        xerr=[g["auroc_within"] - g["auroc_within_lo"], g["auroc_within_hi"] - g["auroc_within"]],
+                        fmt="o", mfc=face, color="k", capsize=2, lw=0.8)
+        ax.axvline(0.5, color="0.6", lw=0.8, ls="--")
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("AUROC within questions (open: token count alone)")
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optscale.study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,16 +302,28 @@ def main(argv=None) -> int:
     r.add_argument("--caps", default="gsm8k=512,math500=1024", help="token cap per benchmark")
     r.add_argument("--offset", type=int, default=400, help="position in the stratified order of the first study question")
     r.add_argument("--hours", type=float, default=0)
-    rep = sub.add_parser("report")
-    rep.add_argument("--arms", default="")
-    rep.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
+    sc = sub.add_parser("score", help="add verifier columns to the arms' pools")
+    sc.add_argument("--arms", required=True)
+    sc.add_argument("--scorers", required=True, help="e.g. lowest-group-confidence,tail-confidence,answer-judge")
+    sc.add_argument("--judge-model", default="", help="scoring.judge_model for lm-judge / answer-judge")
+    sc.add_argument("--datasets", default="")
+    sc.add_argument("--hours", type=float, default=0)
+    for name in ("report", "verifiers"):
+        rep = sub.add_parser(name)
+        rep.add_argument("--arms", default="")
+        rep.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         caps = {k: int(v) for k, v in (kv.split("=") for kv in args.caps.split(","))}
         run_study(args.arms.split(","), args.datasets.split(","), args.questions, args.samples, caps,
                   args.offset, args.hours)
         return 0
-    table = study_table(args.arms.split(",") if args.arms else None)
+    if args.cmd == "score":
+        score_study(args.arms.split(","), args.scorers.split(","), args.judge_model or None,
+                    args.datasets.split(",") if args.datasets else None, hours=args.hours)
+        return 0
+    arms = args.arms.split(",") if args.arms else None
+    table = study_table(arms) if args.cmd == "report" else verifier_table(arms)
     if args.format == "markdown":
         print(table.to_markdown(index=False, floatfmt=".3f"))
     elif args.format == "csv":

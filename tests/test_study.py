@@ -1,0 +1,56 @@
+"""The generator study runner on the deterministic fake sampler: arms round-robin on questions
+outside the pools, timing recorded, verifier columns added, tables and figure built."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from optscale.selection import select_questions
+from optscale.data import load_benchmark
+from optscale.study import plot_study, run_study, score_study, study_caption, study_table, verifier_table
+
+
+@pytest.fixture()
+def study_dir(tmp_path):
+    arms = {"a": {"sampling.backend": "fake"}, "b": {"sampling.backend": "fake", "sampling.temperature": 0.5}}
+    (tmp_path / "arms.yaml").write_text(yaml.safe_dump(arms))
+    return tmp_path
+
+
+def test_study_runs_arms_round_robin_outside_the_pools(study_dir, data_dir):
+    run_study(["a", "b"], ["gsm8k"], questions=3, samples=4, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)
+    table = study_table(out_dir=study_dir, reps=100)
+    assert list(table["arm"]) == ["a", "b"] and (table["questions"] == 3).all() and (table["samples"] == 4).all()
+    # questions: positions 400-402 of the stratified order, never among a 150-question pool's
+    from optscale.pools import read_pool
+
+    ids = set(read_pool(study_dir / "a" / "gsm8k.parquet").question_ids)
+    gsm = load_benchmark("gsm8k", data_dir)
+    assert ids == {p.id for p in select_questions(gsm, 3, "stratified", 0, offset=400)}
+    assert not ids & {p.id for p in select_questions(gsm, 150, "stratified", 0)}
+    timing = [json.loads(line) for line in (study_dir / "a" / "timing.jsonl").read_text().splitlines()]
+    assert len(timing) == 3 and all(t["samples"] == 4 and t["tokens"] > 0 for t in timing)
+    assert np.isfinite(table["tokens_per_s"]).all()
+    # a rerun adds nothing; a zero-length deadline starts no question
+    run_study(["a", "b"], ["gsm8k"], questions=3, samples=4, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)
+    assert len((study_dir / "a" / "timing.jsonl").read_text().splitlines()) == 3
+    run_study(["a"], ["gsm8k"], questions=5, samples=4, caps={"gsm8k": 32}, offset=400, hours=1e-9, out_dir=study_dir)
+    assert study_table(["a"], out_dir=study_dir, reps=50)["questions"].item() == 3
+    with pytest.raises(KeyError, match="unknown arm 'c'"):
+        run_study(["c"], ["gsm8k"], 1, 2, {"gsm8k": 8}, 400, out_dir=study_dir)
+
+
+def test_study_scores_verifiers_and_tabulates_them(study_dir):
+    run_study(["a"], ["gsm8k"], questions=4, samples=6, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)
+    score_study(["a"], ["tail-confidence", "lowest-group-confidence"], out_dir=study_dir)
+    ver = verifier_table(["a"], out_dir=study_dir, reps=100, orders=20)
+    assert set(ver["verifier"]) == {"self-certainty", "tail-confidence", "lowest-group-confidence", "fewer-tokens"}
+    cost = ver.set_index("verifier")["cpu_s_per_sample"]
+    assert cost["tail-confidence"] >= 0 and cost["self-certainty"] == 0
+    ok = ver.dropna(subset=["auroc_within"])
+    assert ((ok["auroc_within_lo"] <= ok["auroc_within"]) & (ok["auroc_within"] <= ok["auroc_within_hi"])).all()
+    arms = study_table(["a"], out_dir=study_dir, reps=50)
+    assert study_caption(arms, out_dir=study_dir).split(": ", 1)[1].startswith("a (fake, fake, prompt solve.txt, T 0.7, top-p 0.95; gsm8k 4 x 6, seed 0)")
+    plot_study(arms, ver)

@@ -634,8 +634,8 @@ class _Session:
                 if (not any(st.alive for st in stats) and not self.probing
                         and len(self.probed) == len(stats)):
                     msgs = "; ".join(f"{st.url}: {st.last_error}" for st in stats)
-                    self._fail(SamplerError(f"all {len(stats)} endpoints are dead with {self._left()} samples left "
-                                            f"({msgs})"))
+                    self._fail(SamplerError(f"all {len(stats)} endpoints are dead with {self._left()} samples of "
+                                            f"{self.open} open request(s) left ({msgs})"))
                     continue
                 # sleep until something happens, or a backoff / probe time comes
                 times = [st.backoff_until for st in stats if st.alive and st.backoff_until > now]

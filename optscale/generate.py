@@ -154,8 +154,8 @@ def cmd_regrade(args) -> int:
         g = r["grading"]
         print(f"{ds}: {r['samples']} samples, grading rule {r['grading_before']} -> {g['version']}: "
               f"{r['answers_changed']} answers and {r['correct_changed']} correct flags changed; single-sample "
-              f"accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}; unresolved: "
-              f"{g['parse_timeouts']} parses, {g['compare_timeouts']} comparisons")
+              f"accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}; grading unresolved "
+              f"(CPU budget) for {g['unresolved_samples']} samples")
     return 0
 
 

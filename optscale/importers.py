@@ -22,9 +22,9 @@ answers missing from the file can be passed as ``gold={question_id: answer}`` (e
 Token counts: the file's ``completion_tokens`` when present; otherwise the ``tokenizer`` given
 (a name for ``transformers.AutoTokenizer`` or an object with ``encode``), else the tokenizer of
 the named ``generator``, else whitespace-separated words with a warning. ``pool.meta["token_count"]``
-says which; ``pool.meta["grading"]`` records the grading rule and its :class:`~optscale.grading.
-GradingStats` (unresolved comparisons included). Imported samples carry no finish reason and are
-graded as finished.
+says which; ``pool.meta["grading"]`` records the grading rule and the samples whose grading stayed
+unresolved (:func:`optscale.pools.regrade_frame`). Imported samples carry no finish reason and
+are graded as finished.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .grading import default_grader, extract_answer, grading_rule
-from .pools import Pool, validate_pool_frame
+from .pools import Pool, regrade_frame, validate_pool_frame
 from .scorers import aggregate_steps
 
 __all__ = ["PoolImportError", "import_optscale_json", "import_sal_jsonl", "export_optscale_json"]
@@ -163,14 +162,9 @@ def _finish(rows: list[dict], meta: dict[str, Any], path: Path, tokenizer: Any, 
     if not rows:
         raise PoolImportError(f"{path}: the file holds no questions")
     _count_tokens(rows, meta, path, tokenizer, generator)
-    grader = default_grader()
-    with grader.record() as stats:  # graded only now: the whole file has been read and checked
-        for r in rows:
-            r["answer"] = extract_answer(r["text"])
-            r["correct"] = grader.equivalent(r["gold"], r["answer"])
-    meta["grading"] = {**grading_rule(grader.cpu_budget_s), **stats.as_dict()}
+    # graded only now, when the whole file has been read and checked; the pools' grading rule
+    df, meta["grading"] = regrade_frame(pd.DataFrame(rows))
     meta["finish_reason"] = "not in the file: every sample is taken as finished ('stop')"
-    df = pd.DataFrame(rows)
     validate_pool_frame(df, path)
     return Pool(df=df, meta=meta, path=path)
 

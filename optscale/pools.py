@@ -299,24 +299,37 @@ def write_pool(df: pd.DataFrame, meta: dict[str, Any], path: str | os.PathLike, 
 def regrade_frame(df: pd.DataFrame, grader: Grader | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``answer`` and ``correct`` of every row derived again from its ``text``, ``finish_reason``
     and ``gold`` by the current grading rule (no model). Returns the new frame and the pool's
-    ``meta["grading"]`` entry: the rule (:func:`optscale.grading.grading_rule`) and what grading
-    did (:class:`optscale.grading.GradingStats`, unresolved comparisons included)."""
+    ``meta["grading"]`` entry (:func:`_grading_meta`)."""
+    graded = [_grade_row(g, t, f, grader) for g, t, f in zip(df["gold"], df["text"], df["finish_reason"])]
+    out = df.copy()
+    out["answer"] = pd.Series([a for a, _, _ in graded], index=df.index, dtype=object)
+    out["correct"] = [c for _, c, _ in graded]
+    return out, _grading_meta([a for a, _, unresolved in graded if unresolved])
+
+
+def _grade_row(gold: str, text: str, finish_reason: str, grader: Grader | None = None) -> tuple[str | None, bool, bool]:
+    """(answer, correct, unresolved): unresolved when the grader's CPU budget cut a parse or a
+    comparison short (:mod:`optscale.grading`; the answer then counts as not correct)."""
     grader = grader or default_grader()
     with grader.record() as stats:
-        graded = [grader.grade(g, t, f) for g, t, f in zip(df["gold"], df["text"], df["finish_reason"])]
-    out = df.copy()
-    out["answer"] = pd.Series([a for a, _ in graded], index=df.index, dtype=object)
-    out["correct"] = [bool(c) for _, c in graded]
-    return out, {**grading_rule(grader.cpu_budget_s), **stats.as_dict()}
+        ans, ok = grader.grade(gold, text, finish_reason)
+    return ans, bool(ok), stats.timeouts > 0
+
+
+def _grading_meta(unresolved_answers: Sequence[str]) -> dict[str, Any]:
+    """A pool's ``meta["grading"]``: the rule (:func:`optscale.grading.grading_rule`) and the
+    samples whose grading stayed unresolved (their number and a few of their answers)."""
+    return {**grading_rule(default_grader().cpu_budget_s), "unresolved_samples": len(unresolved_answers),
+            "unresolved_examples": sorted(set(unresolved_answers))[:10]}
 
 
 def _add_grading(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """``meta["grading"]`` of a pool written in several merges: counts summed (same rule)."""
+    """``meta["grading"]`` of a pool written in several merges (same rule): counts summed."""
     if not old or old.get("version") != new["version"]:
         return new
-    out = {**new, **{k: old.get(k, 0) + new[k] for k in ("parses", "compares", "parse_timeouts", "compare_timeouts")}}
-    out["unresolved_examples"] = (old.get("unresolved_examples", []) + new["unresolved_examples"])[:10]
-    return out
+    examples = sorted(set(old.get("unresolved_examples", [])) | set(new["unresolved_examples"]))[:10]
+    return {**new, "unresolved_samples": old.get("unresolved_samples", 0) + new["unresolved_samples"],
+            "unresolved_examples": examples}
 
 
 def regrade_pool(path: str | os.PathLike) -> dict[str, Any]:
@@ -340,7 +353,7 @@ def _rows_for_question(problem: Problem, comps: Sequence[Completion], scores: di
     rows = []
     for k, c in enumerate(comps):
         # a truncated sample (finish_reason "length") must state its answer: no last-number fallback
-        ans, ok = grade(problem.answer, c.text, c.finish_reason)
+        ans, ok, unresolved = _grade_row(problem.answer, c.text, c.finish_reason)
         row = {
             "dataset": problem.dataset,
             "question_id": problem.id,
@@ -355,6 +368,7 @@ def _rows_for_question(problem: Problem, comps: Sequence[Completion], scores: di
             "seed": int(c.seed),
             "token_logprobs": [float(x) for x in c.token_logprobs],
             "token_confidence": [float(x) for x in c.token_confidence],
+            "grading_unresolved": unresolved,  # counted into meta["grading"] at the merge, not stored
         }
         for name, res in scores.items():
             row[f"score__{name}"] = res[k].score
@@ -395,15 +409,16 @@ def _merge_checkpoint_rows(path: Path, ckpt: Path, base_df: pd.DataFrame | None,
     if not rows:
         return base_df
     new_df = pd.DataFrame(rows)
-    if base_df is not None and meta.get("grading", {}).get("version") != GRADING_RULE_VERSION:
-        # a pool begun under an older grading rule: every row by the current one
-        df = pd.concat([base_df, new_df], ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+    flags = new_df.pop("grading_unresolved") if "grading_unresolved" in new_df else None
+    parts = ([base_df] if base_df is not None else []) + [new_df]
+    df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+    older_pool = base_df is not None and meta.get("grading", {}).get("version") != GRADING_RULE_VERSION
+    if older_pool or flags is None or flags.isna().any():
+        # a pool begun under an older grading rule, or checkpoint rows an older version wrote
         df, meta["grading"] = regrade_frame(df)
-    else:  # the new rows (graded by this rule already) once more, to record what grading did
-        new_df, grading = regrade_frame(new_df)
-        meta["grading"] = _add_grading(meta.get("grading"), grading)
-        parts = ([base_df] if base_df is not None else []) + [new_df]
-        df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+    else:  # graded by this rule where the question was sampled: record what stayed unresolved
+        unresolved = new_df.loc[flags.astype(bool).to_numpy(), "answer"].dropna().astype(str).tolist()
+        meta["grading"] = _add_grading(meta.get("grading"), _grading_meta(unresolved))
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_pool(df, meta, path, allow_partial_scores=True)
     ckpt.unlink(missing_ok=True)
@@ -537,7 +552,7 @@ def generate_pool(
     ``max_questions`` stops after that many new questions (for interleaving benchmarks);
     ``deadline`` (a ``time.time()`` value) starts no new question after it, so a time-boxed run
     overshoots by at most the questions in flight. ``grading_workers`` (default: 1 for samplers
-    that stream questions over HTTP, 0 for in-process and Ray ones) grades in a separate process, so that grading
+    that stream questions, 0 for in-process ones) grades in a separate process, so that grading
     (math-verify, pure Python) does not hold up the HTTP event loop. A sampler with replicas (``run_summary()``)
     has its per-replica counts of this run logged and stored in the metadata (``run_summary``).
     """
@@ -591,8 +606,8 @@ def generate_pool(
             )
 
     before = sampler.run_summary() if hasattr(sampler, "run_summary") else None
-    streams = hasattr(sampler, "iter_complete")  # an HTTP event loop that grading would slow down
-    graders = _grading_pool() if (grading_workers if grading_workers is not None else streams) and todo else None
+    concurrent = hasattr(sampler, "iter_complete") or hasattr(sampler, "iter_questions")
+    graders = _grading_pool() if (grading_workers if grading_workers is not None else concurrent) and todo else None
     t0, finished, toks, since = time.time(), 0, 0, 0
     bar = tqdm(total=len(todo), desc=f"{dataset} pool", disable=not progress)
     pending: deque = deque()  # (problem, completions, future rows) graded in the grading process

@@ -141,7 +141,13 @@ def test_whole_file_is_checked_before_any_grading(tmp_path, monkeypatch):
     import optscale.importers as imp
 
     graded = []
-    monkeypatch.setattr(imp, "extract_answer", lambda text: graded.append(text) or None)
+
+    def regrade_frame(df):
+        graded.extend(df["text"])
+        return real(df)
+
+    real = imp.regrade_frame
+    monkeypatch.setattr(imp, "regrade_frame", regrade_frame)
     lines = [_sal_line(q, unique_id=f"{q['unique_id']}{i}") for i in range(20) for q in questions()]
     p = tmp_path / "pool.jsonl"
     p.write_text("\n".join(lines) + "\n" + lines[0][:30] + "\n")
@@ -150,7 +156,7 @@ def test_whole_file_is_checked_before_any_grading(tmp_path, monkeypatch):
     assert graded == []
     pool = import_sal_jsonl(p, "gsm8k", keep_partial=True)
     assert pool.n_questions == 40 and len(graded) == 80 and "line 41" in pool.meta["import_error"]
-    assert pool.meta["grading"]["version"] >= 2 and pool.meta["grading"]["compare_timeouts"] == 0
+    assert pool.meta["grading"]["version"] >= 2 and pool.meta["grading"]["unresolved_samples"] == 0
 
 
 def test_duplicate_question_is_named(tmp_path):

@@ -360,7 +360,7 @@ def test_generate_regrade_command(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("gsm8k: 20 samples, grading rule 2 -> 2: 1 answers and 1 correct flags changed; "
-                          "single-sample accuracy ") and "unresolved: 0 parses, 0 comparisons" in out
+                          "single-sample accuracy ") and "grading unresolved (CPU budget) for 0 samples" in out
     path.with_suffix(".checkpoint.jsonl").write_text("")
     assert main(args) == 1 and "checkpoint.jsonl exists" in capsys.readouterr().err
 
@@ -378,4 +378,28 @@ def test_resuming_a_pool_of_an_older_grading_rule_regrades_it(tmp_path):
     again = read_pool(path)
     assert again.n_questions == 5 and again.meta["grading"]["version"] == GRADING_RULE_VERSION
     assert pd.isna(again.df.loc[1, "answer"]) and not again.df.loc[1, "correct"]
-    assert again.meta["grading"]["compare_timeouts"] == 0 and again.meta["grading"]["parses"] >= 0
+    assert again.meta["grading"]["unresolved_samples"] == 0
+
+
+def test_unresolved_grading_is_recorded_in_the_pool_metadata(tmp_path, monkeypatch):
+    """A sample whose comparison exceeds the CPU budget is not correct, and the pool says so."""
+    import types
+
+    import optscale.pools as pools
+    from optscale.grading import default_grader
+    from optscale.samplers.base import Completion
+
+    monkeypatch.setattr(default_grader(), "cpu_budget_s", 0.3)
+    cfg, path = _make_pool(tmp_path, n_q=2)
+    tower = "9^{9^{9}}"
+    p = Problem("gsm8k", "q7", "What is 6+1?", FAKE_GOLD, 7)
+    scored = {"self-certainty": [types.SimpleNamespace(score=0.5, step_scores=[0.5])] * 2}
+    rows = pools._rows_for_question(p, [Completion(rf"\boxed{{{tower}}}", 3, "stop", 0),
+                                        Completion(r"\boxed{42}", 3, "stop", 0)], scored)
+    assert [(r["answer"], r["correct"], r["grading_unresolved"]) for r in rows] == [(tower, False, True),
+                                                                                    ("42", True, False)]
+    path.with_suffix(".checkpoint.jsonl").write_text(json.dumps({"question_id": "q7", "rows": rows}) + "\n")
+    assert merge_checkpoint(path) == 1
+    grading = read_pool(path, allow_partial_scores=True).meta["grading"]
+    assert grading["unresolved_samples"] == 1 and grading["unresolved_examples"] == [tower]
+    assert "grading_unresolved" not in read_pool(path, allow_partial_scores=True).df.columns

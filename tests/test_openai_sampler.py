@@ -1,10 +1,10 @@
 """The OpenAI-compatible sampler against real HTTP servers on 127.0.0.1.
 
 Two kinds of servers:
-- a small scripted OpenAI-compatible server (stdlib ``http.server``, in-process threads) whose
+- fake OpenAI-compatible replicas (``optscale.samplers.fake_server``, in-process threads) whose
   answers are a deterministic function of the request's seed and which can be told to fail,
-  stall, or die; it exercises sharding, bounded concurrency, retries, replica death and
-  cancellation in a few seconds;
+  stall, or die; they exercise sharding, bounded concurrency, retries, replica death and
+  cancellation in a few seconds (tests/test_endpoint_scaling.py has the scale-out tests);
 - ``llama_cpp.server`` serving the embedded CPU model (tests marked ``server``; skipped when
   llama-cpp-python is not installed: ``scripts/install_llama_cpp.sh``).
 """
@@ -12,7 +12,6 @@ Two kinds of servers:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess

@@ -38,7 +38,7 @@ from .data import load_benchmark
 from .selection import select_questions
 
 __all__ = ["STUDY_DIR", "load_arms", "arm_config", "study_problems", "run_study", "study_table", "score_study",
-           "verifier_table", "study_caption", "plot_study", "main"]
+           "verifier_table", "combine_study", "study_caption", "plot_study", "main"]
 
 STUDY_DIR = PROJECT_ROOT / "data" / "study"
 CODE = re.compile(r"```|\bdef \w+\(|\bprint\(|\bimport \w+")
@@ -233,6 +233,31 @@ def verifier_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY
     return pd.DataFrame(rows)
 
 
+def combine_study(arm: str, features: Sequence[str], folds: int = 5, seed: int = 0,
+                  out_dir: Path = STUDY_DIR) -> dict[str, Any]:
+    """Fit the logistic-regression combination of ``features`` on an arm's study pools, write
+    its out-of-fold P(correct) as the ``combined-oof`` column of each pool (so the verifier table
+    reports its held-out AUROC) and the model fitted on all study questions to
+    ``data/study/<arm>/combined.json`` (for :func:`optscale.verifier_fit.add_combined_score`)."""
+    from .pools import read_pool, write_pool
+    from .verifier_fit import fit_combination
+
+    paths = sorted((out_dir / arm).glob("*.parquet"))
+    pools = [read_pool(p, allow_partial_scores=True) for p in paths]
+    oof, model = fit_combination(pools, features, folds=folds, seed=seed)
+    for path, pool, s in zip(paths, pools, oof):
+        df, meta = pool.df.copy(), dict(pool.meta)
+        df["score__combined-oof"] = s
+        df["step_scores__combined-oof"] = pd.Series([[float(x)] for x in s], index=df.index, dtype=object)
+        meta.setdefault("scorers", {})["combined-oof"] = {
+            "scorer": "combined-oof", "features": list(features), "folds": folds, "seed": seed,
+            "definition": "out-of-fold P(correct) of a logistic regression on the features, folds by question"}
+        write_pool(df, meta, path, allow_partial_scores=True)
+    model["arm"] = arm
+    (out_dir / arm / "combined.json").write_text(json.dumps(model, indent=1) + "\n")
+    return model
+
+
 def study_caption(arms: pd.DataFrame, out_dir: Path = STUDY_DIR) -> str:
     """Names every arm's pool from its own metadata: generator and backend, prompt, decoding,
     questions x samples, seed."""
@@ -308,6 +333,10 @@ def main(argv=None) -> int:
     sc.add_argument("--judge-model", default="", help="scoring.judge_model for lm-judge / answer-judge")
     sc.add_argument("--datasets", default="")
     sc.add_argument("--hours", type=float, default=0)
+    cb = sub.add_parser("combine", help="fit the logistic-regression combination of verifier features")
+    cb.add_argument("--arm", required=True)
+    cb.add_argument("--features", required=True, help="e.g. self-certainty,tail-confidence,answer-judge,log-tokens")
+    cb.add_argument("--folds", type=int, default=5)
     for name in ("report", "verifiers"):
         rep = sub.add_parser(name)
         rep.add_argument("--arms", default="")
@@ -321,6 +350,10 @@ def main(argv=None) -> int:
     if args.cmd == "score":
         score_study(args.arms.split(","), args.scorers.split(","), args.judge_model or None,
                     args.datasets.split(",") if args.datasets else None, hours=args.hours)
+        return 0
+    if args.cmd == "combine":
+        model = combine_study(args.arm, args.features.split(","), folds=args.folds)
+        print(json.dumps(model, indent=1))
         return 0
     arms = args.arms.split(",") if args.arms else None
     table = study_table(arms) if args.cmd == "report" else verifier_table(arms)

@@ -54,3 +54,30 @@ def test_study_scores_verifiers_and_tabulates_them(study_dir):
     arms = study_table(["a"], out_dir=study_dir, reps=50)
     assert study_caption(arms, out_dir=study_dir).split(": ", 1)[1].startswith("a (fake, fake, prompt solve.txt, T 0.7, top-p 0.95; gsm8k 4 x 6, seed 0)")
     plot_study(arms, ver)
+
+
+def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
+    from dataclasses import replace
+
+    import optscale.study as study
+    from optscale.pools import read_pool
+    from optscale.samplers.fake import FAKE_GOLD
+    from optscale.study import combine_study
+    from optscale.verifier_fit import combined_scores
+
+    real = study.study_problems  # the fake sampler's "correct" answer is FAKE_GOLD
+    monkeypatch.setattr(study, "study_problems", lambda *a, **k: [replace(p, answer=FAKE_GOLD) for p in real(*a, **k)])
+
+    run_study(["a"], ["gsm8k"], questions=12, samples=6, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)
+    score_study(["a"], ["tail-confidence"], out_dir=study_dir)
+    model = combine_study("a", ["self-certainty", "tail-confidence", "log-tokens"], folds=4, out_dir=study_dir)
+    pool = read_pool(study_dir / "a" / "gsm8k.parquet")
+    oof = pool.df["score__combined-oof"].to_numpy()
+    full = combined_scores(pool, model)
+    assert model["n_questions"] == 12 and len(model["coef"]) == 3
+    assert ((0 < oof) & (oof < 1)).all() and not np.allclose(oof, full)  # held out != refit on all
+    # the fake sampler makes correct samples more self-certain: the combination ranks them
+    ver = verifier_table(["a"], out_dir=study_dir, reps=100, orders=20).set_index("verifier")
+    assert ver.loc["combined-oof", "auroc_pooled"] > 0.6
+    with pytest.raises(KeyError, match="no score__answer-judge column"):
+        combine_study("a", ["answer-judge"], out_dir=study_dir)

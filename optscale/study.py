@@ -56,8 +56,12 @@ def arm_config(arm: str, arms: dict[str, dict[str, Any]], dataset: str, samples:
                profile: str = "cpu"):
     if arm not in arms:
         raise KeyError(f"unknown arm {arm!r}; arms: {sorted(arms)}")
-    over = {**arms[arm], f"sampling.n_samples.{dataset}": samples, f"sampling.max_new_tokens.{dataset}": cap,
-            "scoring.scorers": ["self-certainty"], "scoring.primary": "self-certainty"}
+    over = dict(arms[arm])
+    profile = over.pop("profile", profile)  # an arm may be a whole profile (the pools' own setting)
+    over.update({f"sampling.n_samples.{dataset}": samples, "scoring.scorers": ["self-certainty"],
+                 "scoring.primary": "self-certainty"})
+    if cap:
+        over[f"sampling.max_new_tokens.{dataset}"] = cap
     return load_config(profile, over)
 
 
@@ -89,7 +93,7 @@ def run_study(arm_names: Sequence[str], datasets: Sequence[str], questions: int,
                     if deadline is not None and time.time() >= deadline:
                         print(f"study: stopping after {hours} h; rerun to continue", file=sys.stderr)
                         return
-                    cfg = arm_config(arm, arms, ds, samples, caps[ds])
+                    cfg = arm_config(arm, arms, ds, samples, caps.get(ds, 0))
                     path = out_dir / arm / f"{ds}.parquet"
                     have = read_pool(path, allow_partial_scores=True).n_questions if path.is_file() else 0
                     if have >= len(problems[ds]):
@@ -324,7 +328,7 @@ def main(argv=None) -> int:
     r.add_argument("--datasets", default="gsm8k,math500")
     r.add_argument("--questions", type=int, default=40)
     r.add_argument("--samples", type=int, default=8)
-    r.add_argument("--caps", default="gsm8k=512,math500=1024", help="token cap per benchmark")
+    r.add_argument("--caps", default="", help="token cap per benchmark, e.g. gsm8k=512 (default: the arm's profile)")
     r.add_argument("--offset", type=int, default=400, help="position in the stratified order of the first study question")
     r.add_argument("--hours", type=float, default=0)
     sc = sub.add_parser("score", help="add verifier columns to the arms' pools")
@@ -343,7 +347,7 @@ def main(argv=None) -> int:
         rep.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        caps = {k: int(v) for k, v in (kv.split("=") for kv in args.caps.split(","))}
+        caps = {k: int(v) for k, v in (kv.split("=") for kv in args.caps.split(","))} if args.caps else {}
         run_study(args.arms.split(","), args.datasets.split(","), args.questions, args.samples, caps,
                   args.offset, args.hours)
         return 0

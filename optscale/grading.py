@@ -23,12 +23,15 @@ on the ``optscale.grading`` logger, and resolved by a fixed rule — an unresolv
 correct and forms its own class (in :meth:`Grader.classes` it is not compared again within the
 question). :func:`grading_rule` describes the rule; pools record it in their metadata.
 The budget needs signals, so it applies in the main thread only; elsewhere math-verify runs
-without a time limit (its own advice for threads).
+without a time limit (its own advice for threads). It counts the CPU time of every thread of the
+process, so grade where no other thread of the same process computes (pool generation grades
+between sampler calls, or in its own grading process).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import signal
 import threading
@@ -109,7 +112,8 @@ def extract_answer(text: str, finished: bool = True) -> str | None:
 
 
 def grading_rule(cpu_budget_s: float = CPU_BUDGET_S) -> dict[str, Any]:
-    """What graded a pool: stored under ``meta["grading"]`` (with the run's :class:`GradingStats`)."""
+    """The grading rule, as pools record it under ``meta["grading"]`` (with the samples whose
+    grading stayed unresolved, :func:`optscale.pools.regrade_frame`)."""
     from importlib.metadata import version
 
     return {
@@ -206,28 +210,45 @@ class _Form:
     key: tuple  # hashable identity of ``parsed`` (srepr of sympy objects)
     self_equal: bool  # verify(parsed, parsed): same key => equal (false for nan / zoo / empty)
     timed_out: bool  # the parse exceeded the budget
-    # An exact rational (sympy Integer / Rational, not Float) plus strings: (value, strings).
-    rational: tuple | None = None
+    strings: frozenset = frozenset()  # the parse's (non-empty, stripped) strings
+    exact: Any = None  # the parse is one exact rational (Integer / Rational, not Float) + strings
+    value: complex | None = None  # the parse is one plain constant + strings: its value (15 digits)
 
 
-def _rational_parts(parsed: Sequence[Any]) -> tuple | None:
-    """``(value, {strings})`` when the parse is exactly one exact rational plus strings, else None.
+# How math-verify 0.9's ``verify`` decides, used to skip calls whose result is known. ``verify``
+# is True when any pair of the two parse lists compares equal; a string equals only an equal
+# non-empty string and never a sympy object, so:
+# - a string shared by the two forms: True;
+# - two exact rationals: ``sympy_expr_eq`` compares ``a == b``, then numerically (``a == b`` for
+#   rationals), then ``simplify(a - b).is_zero``: True exactly when the values are equal;
+# - two plain constants (numbers without symbols, sets, relations or percent markers) whose
+#   values differ by more than 1e-4 relative: ``verify``'s numeric test (rounding to 6 decimals,
+#   or ``(a - b).evalf(15) == 0``) and ``simplify(a - b).is_zero`` are all False. Closer values
+#   go to ``verify``. tests/test_grading.py checks these against ``verify`` on real answers.
+_FAR = 1e-4
 
-    For two such forms math-verify 0.9's ``verify`` (any pair of the two parse lists) reduces to:
-    the two rationals are equal (``sympy_expr_eq``: ``a == b``, then numeric ``a == b``, then
-    ``simplify(a - b).is_zero``), or a string of one equals a string of the other (non-empty);
-    a sympy object never equals a string. :meth:`Grader._compare` uses this instead of calling
-    ``verify`` (tests/test_grading.py checks it against ``verify`` on the committed pools).
-    """
-    from sympy import Basic, Float, Rational
 
-    nums = [x for x in parsed if isinstance(x, Basic)]
-    strs = [x for x in parsed if isinstance(x, str)]
-    if len(nums) != 1 or len(nums) + len(strs) != len(parsed):
-        return None
-    if not isinstance(nums[0], Rational) or isinstance(nums[0], Float):
-        return None
-    return nums[0], frozenset(x.strip() for x in strs if x.strip())
+def _shortcut_parts(parsed: Sequence[Any]) -> tuple[frozenset, Any, complex | None]:
+    """(strings, exact rational or None, constant value or None) of a parse (see above)."""
+    from sympy import Basic, Float, N, Rational, UnevaluatedExpr
+    from sympy.core.relational import Relational
+    from sympy.logic.boolalg import Boolean
+    from sympy.sets.sets import Set
+
+    nums = [x for x in parsed if not isinstance(x, str)]
+    strings = frozenset(x.strip() for x in parsed if isinstance(x, str) and x.strip())
+    if len(nums) != 1 or not isinstance(nums[0], Basic):
+        return strings, None, None
+    x = nums[0]
+    if isinstance(x, Rational) and not isinstance(x, Float):
+        return strings, x, complex(x)
+    if isinstance(x, (Set, Relational, Boolean)) or not x.is_number or x.has(UnevaluatedExpr):
+        return strings, None, None
+    try:
+        v = complex(N(x, 15))
+    except (TypeError, ValueError, OverflowError, ArithmeticError):
+        return strings, None, None
+    return strings, None, v if all(map(math.isfinite, (v.real, v.imag))) else None
 
 
 def _form_key(parsed: Sequence[Any]) -> tuple:
@@ -296,7 +317,10 @@ class Grader:
             return _Form(s, (), ("str", s), False, False)
         key = _form_key(parsed)
         same, t = _budgeted(self.cpu_budget_s, _verify, parsed, parsed)
-        return _Form(s, parsed, key, bool(same) and not t, False, _rational_parts(parsed))
+        parts, t2 = _budgeted(self.cpu_budget_s, _shortcut_parts, parsed)
+        if t2:  # the constant's value took too long: no shortcut, verify decides
+            parts = (frozenset(x.strip() for x in parsed if isinstance(x, str) and x.strip()), None, None)
+        return _Form(s, parsed, key, bool(same) and not t, False, *parts)
 
     # -- compare ------------------------------------------------------------------------------
     def _compare(self, gold: _Form, pred: _Form) -> bool | None:
@@ -307,8 +331,13 @@ class Grader:
             return True
         if not gold.parsed or not pred.parsed:
             return False
-        if gold.rational is not None and pred.rational is not None:  # exact numbers: no verify call
-            return gold.rational[0] == pred.rational[0] or bool(gold.rational[1] & pred.rational[1])
+        if gold.strings & pred.strings:  # decided without a verify call (see _FAR)
+            return True
+        if gold.exact is not None and pred.exact is not None:
+            return bool(gold.exact == pred.exact)
+        if gold.value is not None and pred.value is not None and \
+                abs(gold.value - pred.value) > _FAR * max(1.0, abs(gold.value), abs(pred.value)):
+            return False
         k = (gold.key, pred.key)
         if k not in self._eq:
             res, timed_out = _budgeted(self.cpu_budget_s, _verify, gold.parsed, pred.parsed)

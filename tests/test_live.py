@@ -61,6 +61,7 @@ import test_openai_sampler as tos  # noqa: E402  (the scripted OpenAI-style serv
 from test_openai_sampler import servers  # noqa: E402,F401  (fixture: scripted servers, always shut down)
 
 from optscale.live import run_live_concurrent  # noqa: E402
+from optscale.samplers import fake_server  # noqa: E402  (the fake replicas' token script)
 from optscale.samplers.openai_compat import OpenAICompatSampler  # noqa: E402
 
 CONCURRENT_POLICIES = (("bon", {"N": 2}), ("esc", {"window": 2}), ("asc", {"threshold": 0.9}), ("bon", {}))
@@ -119,7 +120,7 @@ def _http_sampler(urls):
 
 
 def test_concurrent_over_http_cancels_stopped_questions_and_matches_the_sync_stream(servers, monkeypatch):
-    monkeypatch.setattr(tos, "scripted_tokens", boxed_tokens)
+    monkeypatch.setattr(fake_server, "scripted_tokens", boxed_tokens)
     probs = [Problem("ds", f"q{i}", f"question {i}", "2", i) for i in range(3)]
     max_N = 12  # the queue is sample-index-major: each question's first samples go out first
     a, b = servers(delay_s=0.02), servers(delay_s=0.12)  # uneven replicas: samples arrive out of order
@@ -127,7 +128,7 @@ def test_concurrent_over_http_cancels_stopped_questions_and_matches_the_sync_str
     live = run_live_concurrent(lambda: make_policy("bon", N=2), sampler, probs, seed_score, max_N, seed=3,
                                max_new_tokens=4)
     sent = [0] * len(probs)
-    for body in a.behaviour.requests + b.behaviour.requests:
+    for body in a.requests + b.requests:
         sent[int(body["prompt"].split("question ")[1].split("<")[0])] += 1
     # (1) each question stopped after 2 samples: its remaining requests were never sent / aborted
     assert (live["n_used"] == 2).all()

@@ -142,8 +142,8 @@ def main() -> None:
     n = sum(len(ans) for _, ans in pool)
     all_pairs = sum(len(ans) * (len(ans) - 1) // 2 + len(ans) for _, ans in pool)
     distinct = sum(len({str(x).strip() for x in ans if x is not None}) for _, ans in pool)
-    print(f"pool: {a.source}{f' + 9^{{9^{{9}}}} in {a.pathological} question(s)' if a.pathological else ''}, {len(pool)} questions, {n} samples, {distinct} distinct answers per question "
-          f"(summed); all-pairs compares (pairs within a question + each vs gold): {all_pairs}")
+    print(f"pool: {a.source}{f' + 9^{{9^{{9}}}} in {a.pathological} question(s)' if a.pathological else ''}, {len(pool)} questions, {n} samples, {distinct} distinct answers (per question, summed) "
+          f"; all-pairs compares (pairs within a question + each vs gold): {all_pairs}")
     ctx = mp.get_context("spawn")
     res = {}
     for approach in ("legacy", "new"):

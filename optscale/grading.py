@@ -12,8 +12,10 @@
 
 Determinism and cost (:class:`Grader`). Each distinct answer string is parsed once; its parse
 (the list of sympy objects / strings math-verify returns) is its *form*, and answers with the same
-form are equal without a comparison. ``verify`` is called once per pair of distinct forms (gold
-vs form for correctness; form vs class representative for classes), and the result is cached.
+form are equal without a comparison. ``verify`` is called at most once per pair of distinct forms
+(gold vs form for correctness; form vs class representative for classes) and cached; pairs whose
+result follows from verify's own rules (a shared string, two exact rationals, two constants far
+apart: see ``_FAR``) are decided without it.
 Parsing and comparing run under a budget of **CPU time of this process** (``setitimer``
 ``ITIMER_PROF``), not math-verify's wall-clock ``SIGALRM``: load from other processes does not
 change which comparisons finish, so classes and correctness do not depend on the machine's load.

@@ -63,7 +63,7 @@ def run_pools(urls: list[str], pool_dir: str, questions: int, samples: int) -> d
 
     overrides = ("{sampling.endpoints: [%s], sampling.model: qwen2.5-coder-0.5b-instruct-q4, "
                  "sampling.n_samples.gsm8k: %d, sampling.max_new_tokens.gsm8k: 16, data.max_questions.gsm8k: %d, "
-                 "pools.pool_dir: %s, pools.pool_name: bench}" % (", ".join(urls), samples, questions, pool_dir))
+                 "scoring.scorers: [self-certainty], scoring.primary: self-certainty, pools.pool_dir: %s, pools.pool_name: bench}" % (", ".join(urls), samples, questions, pool_dir))
     rc = main(["pools", "--profile", "endpoint", "--datasets", "gsm8k", "--online", "self-certainty",
                "--overrides", overrides])
     if rc != 0:

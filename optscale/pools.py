@@ -502,7 +502,7 @@ def _grading_pool() -> Any:
 
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         _GRADING_POOL = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-        _GRADING_POOL.submit(grade, "1", "1").result()  # start it now, with math-verify loaded
+        _GRADING_POOL.submit(grade, "1", "1")  # forks now (no sampler thread yet); loads math-verify there
     return _GRADING_POOL
 
 

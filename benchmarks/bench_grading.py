@@ -142,8 +142,9 @@ def main() -> None:
     n = sum(len(ans) for _, ans in pool)
     all_pairs = sum(len(ans) * (len(ans) - 1) // 2 + len(ans) for _, ans in pool)
     distinct = sum(len({str(x).strip() for x in ans if x is not None}) for _, ans in pool)
-    print(f"pool: {a.source}{f' + 9^{{9^{{9}}}} in {a.pathological} question(s)' if a.pathological else ''}, {len(pool)} questions, {n} samples, {distinct} distinct answers (per question, summed) "
-          f"; all-pairs compares (pairs within a question + each vs gold): {all_pairs}")
+    extra = f" + 9^{{9^{{9}}}} in {a.pathological} question(s)" if a.pathological else ""
+    print(f"pool: {a.source}{extra}, {len(pool)} questions, {n} samples, {distinct} distinct answers (per question, "
+          f"summed); all-pairs compares (pairs within a question + each vs gold): {all_pairs}")
     ctx = mp.get_context("spawn")
     res = {}
     for approach in ("legacy", "new"):
@@ -157,7 +158,8 @@ def main() -> None:
     same_correct = old["correct"] == new["correct"]
     same_classes = old["classes"] == new["classes"]
     print(f"speed ratio new/legacy: {old['wall_s'] / new['wall_s']:.1f}x; compares legacy/new: "
-          f"{old['compares'] / max(new['compares'], 1):.1f}x; all pairs/new: {all_pairs / max(new['compares'], 1):.1f}x")
+          f"{old['compares'] / max(new['compares'], 1):.1f}x; "
+          f"all pairs/new: {all_pairs / max(new['compares'], 1):.1f}x")
     print(f"same correctness: {same_correct}; same classes: {same_classes}")
     if not (same_correct and same_classes):
         diff = [i for i, (x, y) in enumerate(zip(old["classes"], new["classes"])) if x != y]

@@ -552,7 +552,7 @@ def generate_pool(
     ``max_questions`` stops after that many new questions (for interleaving benchmarks);
     ``deadline`` (a ``time.time()`` value) starts no new question after it, so a time-boxed run
     overshoots by at most the questions in flight. ``grading_workers`` (default: 1 for samplers
-    that stream questions, 0 for in-process ones) grades in a separate process, so that grading
+    that stream questions over HTTP, 0 for in-process and Ray ones) grades in a separate process, so that grading
     (math-verify, pure Python) does not hold up the HTTP event loop. A sampler with replicas (``run_summary()``)
     has its per-replica counts of this run logged and stored in the metadata (``run_summary``).
     """
@@ -606,8 +606,8 @@ def generate_pool(
             )
 
     before = sampler.run_summary() if hasattr(sampler, "run_summary") else None
-    concurrent = hasattr(sampler, "iter_complete") or hasattr(sampler, "iter_questions")
-    graders = _grading_pool() if (grading_workers if grading_workers is not None else concurrent) and todo else None
+    streams = hasattr(sampler, "iter_complete")  # an HTTP event loop that grading would slow down
+    graders = _grading_pool() if (grading_workers if grading_workers is not None else streams) and todo else None
     t0, finished, toks, since = time.time(), 0, 0, 0
     bar = tqdm(total=len(todo), desc=f"{dataset} pool", disable=not progress)
     pending: deque = deque()  # (problem, completions, future rows) graded in the grading process

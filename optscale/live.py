@@ -1,8 +1,9 @@
 """Live mode: the replay policies drive a :class:`optscale.samplers.Sampler` online.
 
 For each question the sampler is asked for ``chunk`` samples at a time (chunk ``c`` uses seed
-``derive_seed(seed, dataset, question id, "chunk", c)``); each sample is graded, scored and shown
-to the policy one by one; once the policy stops, no further chunk is requested. Tokens are
+``derive_seed(seed, dataset, question id, "chunk", c)``); each sample is graded (with its
+``finish_reason``: a truncated sample that states no answer has none), scored and shown to the
+policy one by one; once the policy stops, no further chunk is requested. Tokens are
 counted twice: ``tokens_generated`` (everything the sampler produced, including the rest of the
 last chunk) and ``tokens_charged`` (what the policy consumed, as in replay). With ``chunk=1`` the
 two agree except for DeepConf's cut traces (a chunked sampler cannot cut a trace mid-way).
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .data import Problem
-from .grading import extract_answer, is_equivalent
+from .grading import Grader, default_grader
 from .policies import Policy, QuestionContext, Sample, group_confidences
 from .samplers.base import Completion, SampleRequest, Sampler, derive_seed, run_coroutine_sync
 
@@ -31,23 +32,23 @@ __all__ = ["OnlineClasses", "chunk_seed", "run_live", "run_live_concurrent", "qu
 
 
 class OnlineClasses:
-    """Equivalence classes built as answers arrive (same rule as ``grading.answer_classes``:
-    compare with each class representative; label = index of the first member)."""
+    """Equivalence classes built as answers arrive, by the grader's own rule
+    (:meth:`optscale.grading.Grader.classes`: compare with each class representative, an
+    unresolved comparison leaves the answer in its own class; label = index of the first member).
+    That rule labels each answer from the earlier ones only, so the label of the newest answer of
+    the stream so far is its label in the whole stream (the grader's caches make the repeat cheap)."""
 
-    def __init__(self) -> None:
-        self.reps: list[tuple[int, str]] = []
-        self.count = 0
+    def __init__(self, grader: Grader | None = None) -> None:
+        self.grader = grader or default_grader()
+        self.answers: list[str | None] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.answers)
 
     def add(self, answer: str | None) -> int:
-        i = self.count
-        self.count += 1
-        if answer is None or not str(answer).strip():
-            return -1
-        for j, rep in self.reps:
-            if rep == answer or is_equivalent(rep, answer):
-                return j
-        self.reps.append((i, answer))
-        return i
+        self.answers.append(answer)
+        return self.grader.classes(self.answers)[-1]
 
 
 def chunk_seed(seed: int, problem: Problem, c: int) -> int:
@@ -87,10 +88,12 @@ class _QuestionRun:
         scores = list(self.score_fn(p.question, comps))
         if len(scores) != len(comps):
             raise ValueError(f"score_fn returned {len(scores)} scores for {len(comps)} completions of {p.dataset}/{p.id}")
+        grader = self.classes.grader
         for comp, sc in zip(comps, scores):
-            ans = extract_answer(comp.text)
+            # a truncated sample (finish_reason "length") must state its answer: no last-number fallback
+            ans, correct = grader.grade(p.answer, comp.text, comp.finish_reason)
             s = Sample(index=self.n_gen, score=float(sc), answer_class=self.classes.add(ans),
-                       tokens=float(comp.n_tokens), correct=is_equivalent(p.answer, ans),
+                       tokens=float(comp.n_tokens), correct=correct,
                        group_conf=group_confidences(comp.token_confidence, self.conf_window),
                        conf_window=self.conf_window)
             self.answers.append(ans)
@@ -112,7 +115,7 @@ class _QuestionRun:
         ans = self.answers[policy.seen[pos].index] if pos is not None else None
         return {"dataset": p.dataset, "question_id": p.id, "policy": policy.label(), "n_generated": self.n_gen,
                 "n_used": len(policy.seen), "tokens_generated": self.gen_tokens, "tokens_charged": self.charged,
-                "answer": ans, "correct": bool(is_equivalent(p.answer, ans))}
+                "answer": ans, "correct": bool(self.classes.grader.equivalent(p.answer, ans))}
 
 
 def _prior(priors: np.ndarray | None, qi: int) -> tuple[float, ...] | None:

@@ -4,10 +4,10 @@ import numpy as np
 
 from optscale.data import Problem
 from optscale.evaluation import PoolArrays, replay
-from optscale.grading import answer_classes, extract_answer, is_equivalent
-from optscale.live import question_samples, run_live
+from optscale.grading import Grader, answer_classes, extract_answer, is_equivalent
+from optscale.live import OnlineClasses, question_samples, run_live
 from optscale.policies import make_policy
-from optscale.samplers import SampleRequest, get_sampler
+from optscale.samplers import Completion, SampleRequest, get_sampler
 from optscale.samplers.fake import FAKE_GOLD
 
 
@@ -50,6 +50,42 @@ def test_live_matches_replay_of_the_same_stream_and_stops_asking():
     assert (chunked["tokens_generated"] >= chunked["tokens_charged"]).all()
 
 
+class UnboxedSampler:
+    """Every sample ends in the gold number without stating it as the answer, with a fixed
+    finish_reason: "length" = cut off at the token cap."""
+
+    def __init__(self, finish_reason):
+        self.finish_reason = finish_reason
+
+    def generate(self, requests):
+        return [[Completion(text=f"First 40, then 2 more: 40 + 2 = {FAKE_GOLD}", n_tokens=12,
+                            finish_reason=self.finish_reason, seed=r.seed + i, token_logprobs=[-0.1] * 12)
+                 for i in range(r.n)] for r in requests]
+
+
+def test_truncated_sample_without_a_stated_answer_is_not_credited_live():
+    probs = problems(2)
+    for finish, answer in (("stop", FAKE_GOLD), ("length", None)):
+        for run in (lambda s: run_live(make_policy("bon", N=2), s, probs, score_fn, 4, chunk=2),
+                    lambda s: run_live_concurrent(lambda: make_policy("bon", N=2), ReversedAsyncFake(s), probs, score_fn, 4)):
+            live = run(UnboxedSampler(finish))
+            assert live["answer"].tolist() == [answer] * 2, finish
+            assert live["correct"].tolist() == [answer is not None] * 2, finish
+
+
+def test_online_classes_are_the_graders_classes():
+    """Labels as answers arrive equal Grader.classes on the whole stream, including its rule for an
+    unresolved comparison (own class, never a representative: "4" is not compared with the tower)."""
+    tower = "9^{9^{9}}"  # math-verify tries to evaluate it exactly: never finishes
+    answers = ["3", tower, tower, None, "4", "3.0", r"\frac{6}{2}"]
+    g = Grader(cpu_budget_s=0.3)
+    online = OnlineClasses(grader=g)
+    labels = [online.add(a) for a in answers]
+    assert labels == g.classes(answers) == [0, 1, 1, -1, 4, 0, 0]
+    assert g.stats.compare_timeouts == {("3", tower)}
+    assert online.count == len(answers)
+
+
 # ---------------------------------------------------------------------------------------------
 # Concurrent live mode: all questions at once, cancellation when a policy stops
 # ---------------------------------------------------------------------------------------------
@@ -68,11 +104,11 @@ CONCURRENT_POLICIES = (("bon", {"N": 2}), ("esc", {"window": 2}), ("asc", {"thre
 
 
 class ReversedAsyncFake:
-    """The fake sampler behind the async interface, delivering each question's samples in
+    """The fake sampler (or ``inner``) behind the async interface, delivering each question's samples in
     *reverse* index order, questions interleaved: the worst arrival order for the policy."""
 
-    def __init__(self):
-        self.inner = get_sampler("fake", None)
+    def __init__(self, inner=None):
+        self.inner = inner or get_sampler("fake", None)
         self.cancelled: list[str] = []
 
     def cancel(self, key):

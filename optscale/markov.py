@@ -284,7 +284,7 @@ def generate_revision_chains(sampler: Any, problems: Sequence[Any], rounds: int,
                                           key=f"{p.dataset}/{p.id}/c{c}/r{t}"))
             for c, comps in enumerate(sampler.generate(reqs)):
                 comp = comps[0]
-                ans, ok = grade(p.answer, comp.text)
+                ans, ok = grade(p.answer, comp.text, comp.finish_reason)  # truncated: stated answers only
                 prev[c] = comp.text
                 rows.append({"question_id": p.id, "chain": c, "round": t, "text": comp.text, "answer": ans,
                              "gold": p.answer, "correct": bool(ok), "n_tokens": int(comp.n_tokens),

@@ -166,7 +166,7 @@ def collect_rollouts(sampler: Any, problems: Sequence[Any], template: str, thres
                                                   key=f"{p.dataset}/{p.id}/optpo{k}")])[0]
             k += 1
             comps.extend(new)
-            graded.extend(grade(p.answer, c.text) for c in new)
+            graded.extend(grade(p.answer, c.text, c.finish_reason) for c in new)  # truncated: stated answers only
             vote = sequential_vote([g[0] for g in graded], threshold, prior, max_samples=max_samples)
             if vote.stopped:
                 break
@@ -275,7 +275,7 @@ def test_time_update(model: Any, tokenizer: Any, rollouts: Sequence[Rollout], st
 def evaluate_greedy(model: Any, tokenizer: Any, sampling_config: Any, problems: Sequence[Any], template: str,
                     max_new_tokens: int) -> list[dict]:
     """Greedy (temperature 0) answer per problem with the given model; rows of
-    ``question_id, answer, correct, n_tokens``."""
+    ``question_id, answer, correct, n_tokens, finish_reason`` (a truncated answer is graded as one)."""
     import dataclasses
 
     from .grading import grade
@@ -288,8 +288,9 @@ def evaluate_greedy(model: Any, tokenizer: Any, sampling_config: Any, problems: 
     for p in problems:
         c = s.generate([SampleRequest(prompt=template.replace("{question}", p.question).strip(), n=1,
                                       max_new_tokens=max_new_tokens, seed=0)])[0][0]
-        ans, ok = grade(p.answer, c.text)
-        rows.append({"question_id": p.id, "answer": ans, "correct": bool(ok), "n_tokens": int(c.n_tokens)})
+        ans, ok = grade(p.answer, c.text, c.finish_reason)
+        rows.append({"question_id": p.id, "answer": ans, "correct": bool(ok), "n_tokens": int(c.n_tokens),
+                     "finish_reason": c.finish_reason})
     return rows
 
 

@@ -125,3 +125,30 @@ def test_fit_with_unvisited_state_is_nan_not_error():
     assert math.isnan(fit.b) and fit.b_ci == (0.0, 1.0)
     d = fit.to_dict()
     assert d["helps"] is None and math.isnan(d["limit"])
+
+
+class UnboxedSampler:
+    """Every sample ends in "2 + 3 = 5" without stating it as the answer; finish_reason fixed
+    ("length": cut off at the token cap)."""
+
+    def __init__(self, finish_reason):
+        self.finish_reason = finish_reason
+
+    def generate(self, requests):
+        from optscale.samplers import Completion
+
+        return [[Completion(text="We add: 2 + 3 = 5", n_tokens=8, finish_reason=self.finish_reason, seed=r.seed + i)
+                 for i in range(r.n)] for r in requests]
+
+
+def test_revision_chains_grade_truncated_samples_as_stating_no_answer():
+    from optscale.data import Problem
+
+    probs = [Problem("ds", "q0", "What is 2 + 3?", "5", 0)]
+    for finish, answer in (("stop", "5"), ("length", None)):
+        df = mk.generate_revision_chains(UnboxedSampler(finish), probs, rounds=2, max_new_tokens=8, seed=0,
+                                         solve_template="{question}", revise_template="{question}\n{previous}",
+                                         chains_per_question=2)
+        assert len(df) == 4 and (df["finish_reason"] == finish).all()
+        assert df["answer"].tolist() == [answer] * 4, finish
+        assert df["correct"].tolist() == [answer is not None] * 4, finish

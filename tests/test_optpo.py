@@ -89,6 +89,39 @@ def test_majority_and_replay_on_hand_matrix():
     assert out["fixed_correct"].tolist() == [[True, False]]
 
 
+class UnboxedSampler:
+    """Every sample ends in "2 + 3 = 5" without stating it as the answer; finish_reason fixed
+    ("length": cut off at the token cap). Also stands in for HFSampler(config, model=, tokenizer=)."""
+
+    def __init__(self, finish_reason, model=None, tokenizer=None):
+        self.finish_reason = finish_reason
+
+    def generate(self, requests):
+        from optscale.samplers import Completion
+
+        return [[Completion(text="We add: 2 + 3 = 5", n_tokens=8, finish_reason=self.finish_reason, seed=r.seed + i)
+                 for i in range(r.n)] for r in requests]
+
+
+def test_truncated_rollouts_state_no_answer(monkeypatch):
+    from optscale.config import load_config
+    from optscale.data import Problem
+    from optscale.samplers import hf_cpu
+
+    probs = [Problem("ds", "q0", "What is 2 + 3?", "5", 0)]
+    cfg = load_config("smoke").sampling
+    for finish, answer in (("length", None), ("stop", "5")):
+        rollouts, summary = optpo.collect_rollouts(UnboxedSampler(finish), probs, "{question}", threshold=0.9,
+                                                   max_samples=4, max_new_tokens=8, seed=0)
+        assert rollouts and [r.answer for r in rollouts] == [answer] * len(rollouts), finish
+        assert [r.correct for r in rollouts] == [answer is not None] * len(rollouts), finish
+        assert summary[0]["consensus"] == answer and summary[0]["consensus_correct"] == (answer is not None)
+        # the greedy evaluation grades the same way (its HFSampler replaced by the scripted one)
+        monkeypatch.setattr(hf_cpu, "HFSampler", lambda c, model, tokenizer, f=finish: UnboxedSampler(f))
+        rows = optpo.evaluate_greedy(None, None, cfg, probs, "{question}", max_new_tokens=8)
+        assert [(r["answer"], r["correct"], r["finish_reason"]) for r in rows] == [(answer, answer is not None, finish)]
+
+
 # -- the update, on a tiny random Qwen2 with a character tokenizer (no model files needed) -----
 class CharTokenizer:
     def apply_chat_template(self, msgs, tokenize=False, add_generation_prompt=True):

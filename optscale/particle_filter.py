@@ -15,7 +15,9 @@ plays the role of the observation likelihood. Each step:
 
 The loop ends when every particle has finished (EOS) or after ``max_steps`` steps. The answer
 is the particle with the highest final reward (``best``) or the answer class with the largest
-total weight (``weighted-vote``; classes by :func:`optscale.grading.answer_classes`).
+total weight (``weighted-vote``; classes by :func:`optscale.grading.answer_classes`). A particle
+that did not end with EOS (cut at ``max_tokens``, or still open when the steps ran out) is graded
+as a truncated sample: only a stated answer counts (:attr:`Particle.answer`).
 
 Pool baselines at equal rollouts (Best-of-N by score, weighted majority, plain majority) are
 in :func:`pool_baseline_curves`; intervals come from a question-level bootstrap
@@ -24,6 +26,7 @@ in :func:`pool_baseline_curves`; intervals come from a question-level bootstrap
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -101,10 +104,19 @@ class Particle:
     done: bool = False
     step_scores: tuple[float, ...] = ()
     n_tokens: int = 0  # tokens generated along this particle's own history
+    finish_reason: str | None = None  # how its last step ended: "stop" (EOS), "stop_string", "length"; None: not recorded
+
+    @property
+    def finished(self) -> bool:
+        """Ended by the model (EOS), or no reason recorded. A particle cut at ``max_tokens``, or
+        still open at a step boundary when the step budget ran out, is a truncated sample."""
+        return self.finish_reason in (None, "stop")
 
     @property
     def answer(self) -> str | None:
-        return extract_answer(self.text)
+        """The stated answer; the last-number fallback only for a finished particle (the grading
+        rule for truncated samples, :func:`optscale.grading.extract_answer`)."""
+        return extract_answer(self.text, finished=self.finished)
 
 
 @dataclass
@@ -188,7 +200,7 @@ def particle_filter(question: str, prompt: str, sampler: Any, score_fn: ScoreFn,
                 new_text = text + c.text + sep
                 n_tok = p.n_tokens + c.n_tokens
                 done = c.finish_reason == "stop" or n_tok >= max_tokens
-                particles[i] = Particle(new_text, done, p.step_scores, n_tok)
+                particles[i] = Particle(new_text, done, p.step_scores, n_tok, c.finish_reason)
         step_scores = score_fn(question, [particles[i].text.rstrip() for i in live])
         for i, s in zip(live, step_scores):
             particles[i].step_scores = tuple(float(x) for x in s)
@@ -197,8 +209,7 @@ def particle_filter(question: str, prompt: str, sampler: Any, score_fn: ScoreFn,
         anc = resample(w, rng)
         trace.append({"step": step, "weights": w.tolist(), "ancestors": anc.tolist(),
                       "n_done": int(sum(p.done for p in particles)), "tokens": tokens})
-        particles = [Particle(particles[a].text, particles[a].done, particles[a].step_scores, particles[a].n_tokens)
-                     for a in anc]
+        particles = [dataclasses.replace(particles[a]) for a in anc]
     rewards = np.array([aggregate_steps(p.step_scores or (0.0,), reward_of) for p in particles])
     return PFResult(select_answer(particles, rewards, select, temperature), particles, rewards, steps, tokens,
                     n_particles, trace)
@@ -267,7 +278,7 @@ def live_bon(question: str, prompt: str, sampler: Any, score_fn: ScoreFn, gold: 
         raise ValueError(f"live_bon: budgets must be >= 1, got {ns}")
     comps = sampler.generate([SampleRequest(prompt=prompt, n=ns[-1], max_new_tokens=max_tokens,
                                             seed=derive_seed(seed, "pf-bon", question))])[0]
-    parts = [Particle(c.text, True, tuple(s), c.n_tokens)
+    parts = [Particle(c.text, True, tuple(s), c.n_tokens, c.finish_reason)
              for c, s in zip(comps, score_fn(question, [c.text for c in comps]))]
     rewards = np.array([aggregate_steps(p.step_scores or (0.0,), reward_of) for p in parts])
     out: dict[int, dict[str, Any]] = {}

@@ -130,6 +130,32 @@ def test_select_answer():
         pf.select_answer(parts, np.zeros(4), "vote")
 
 
+class UnboxedStepSampler:
+    """Every step is "so far 2 + 5 = 7" (no stated answer), 5 tokens, ending with ``finish``."""
+
+    def __init__(self, finish):
+        self.finish = finish
+
+    def generate(self, requests):
+        return [[Completion(text="so far 2 + 5 = 7", n_tokens=5, finish_reason=self.finish, seed=r.seed + k)
+                 for k in range(r.n)] for r in requests]
+
+
+@pytest.mark.parametrize("finish,max_tokens,answer", [
+    ("stop", 512, "7"),  # ended by EOS: a finished sample, the last number counts
+    ("length", 5, None),  # cut at max_tokens: truncated, states no answer
+    ("stop_string", 512, None),  # still open when the step budget ran out: truncated too
+])
+def test_truncated_particles_state_no_answer(finish, max_tokens, answer):
+    flat = lambda q, texts: [(0.5,)] * len(texts)  # noqa: E731
+    res = pf.particle_filter("q", "p", UnboxedStepSampler(finish), flat, n_particles=3, max_steps=2,
+                             max_tokens=max_tokens, seed=0, select="weighted-vote")
+    assert all(p.finish_reason == finish for p in res.particles)
+    assert [p.answer for p in res.particles] == [answer] * 3 and res.answer == answer
+    out = pf.live_bon("q", "p", UnboxedStepSampler(finish), flat, gold="7", ns=[1, 2], max_tokens=5, seed=0)
+    assert [out[n][how] for n in (1, 2) for how in ("best", "weighted-vote")] == [answer is not None] * 4
+
+
 class FixedDrawSampler:
     """Full samples answering 3, 7, 7, 5 (in that order) whatever the request; counts requests."""
 

@@ -17,20 +17,17 @@ from .data import load_benchmark
 from .pools import generate_pool, merge_checkpoint, pool_path, read_pool, score_pool
 from .samplers import get_sampler
 from .selection import config_problems
-from .scorers import get_scorer
+from .scorers import JUDGES, build_judge, get_scorer
 
 
 def build_scorers(cfg, sampler, names=None):
-    """The profile's scorers (or ``names`` among them); the LM judge shares the sampler's model
-    when the sampler has one in this process."""
+    """The profile's scorers (or ``names`` among them); an LM judge shares the sampler's model
+    when the sampler has one in this process (:func:`optscale.scorers.build_judge`)."""
     out = []
     for name in cfg.scoring.scorers:
         if names is not None and name not in names:
             continue
-        kw = {}
-        if name in ("lm-judge", "answer-judge") and hasattr(sampler, "model") and cfg.scoring.judge_model == cfg.sampling.model:
-            kw = {"model": sampler.model, "tokenizer": sampler.tokenizer}
-        out.append(get_scorer(name, cfg.scoring, **kw))
+        out.append(build_judge(cfg, sampler, name) if name in JUDGES else get_scorer(name, cfg.scoring))
     return out
 
 

@@ -38,7 +38,7 @@ from .grading import split_steps
 from .registry import Registry
 from .samplers.base import Completion, load_prompt_template
 
-__all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
+__all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "build_judge", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
            "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer"]
 
 SCORERS: Registry = Registry("scorer")
@@ -82,6 +82,23 @@ class Scorer(ABC):
 
 def get_scorer(name: str, config: ScoringConfig, **kwargs: Any) -> Scorer:
     return SCORERS.build(name, config, **kwargs)
+
+
+JUDGES = ("lm-judge", "answer-judge")
+
+
+def build_judge(config: Any, sampler: Any = None, name: str = "lm-judge") -> Scorer:
+    """The profile's LM judge (``lm-judge`` or ``answer-judge``) next to ``sampler``: it shares the
+    sampler's transformers model when the sampler has one in this process (hf-cpu) and that model
+    is ``scoring.judge_model``; otherwise (llama.cpp, endpoints, vLLM, or another judge model) it
+    loads ``scoring.judge_model`` with transformers (:func:`optscale.hf_models.load_causal_lm`).
+    ``config``: the whole profile (its ``sampling`` and ``scoring`` sections)."""
+    if name not in JUDGES:
+        raise ValueError(f"build_judge: {name!r} is not an LM judge; choose one of {JUDGES}")
+    model = getattr(sampler, "model", None)
+    if callable(getattr(model, "get_decoder", None)) and config.scoring.judge_model == config.sampling.model:
+        return get_scorer(name, config.scoring, model=model, tokenizer=sampler.tokenizer)
+    return get_scorer(name, config.scoring)
 
 
 @SCORERS.register("self-certainty")

@@ -244,3 +244,40 @@ def test_live_filter_continues_prefixes_with_the_cpu_model(cpu_model):
     assert 1 <= res.steps <= 2 and 0 < res.tokens <= 2 * 2 * 6
     assert all(p.text and p.step_scores and all(0 <= s <= 1 for s in p.step_scores) for p in res.particles)
     assert np.isclose(sum(res.trace[0]["weights"]), 1.0)
+
+
+def test_build_judge_shares_the_samplers_model_only_when_it_has_one(monkeypatch):
+    """Notebook 07's judge: the hf-cpu sampler's own model when it is the judge model; a sampler
+    without a transformers model (llama.cpp) or another judge model loads scoring.judge_model."""
+    transformers = pytest.importorskip("transformers")
+    from optscale import hf_models
+    from optscale.config import load_config
+    from optscale.scorers import build_judge
+
+    class CharTokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) % 96 for c in text]}
+
+    def tiny():
+        cfg = transformers.Qwen2Config(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+        return transformers.Qwen2ForCausalLM(cfg).eval()
+
+    loaded, own = [], tiny()
+    monkeypatch.setattr(hf_models, "load_causal_lm",
+                        lambda name, dtype="bfloat16", device="cpu": loaded.append(name) or (tiny(), CharTokenizer()))
+
+    class HFLike:  # what build_judge reads of an hf-cpu sampler
+        model, tokenizer = own, CharTokenizer()
+
+    class LlamaLike:  # llama.cpp: a model handle, but no transformers model
+        lm, tokenizer = object(), CharTokenizer()
+
+    cfg = load_config("smoke")
+    assert cfg.scoring.judge_model == cfg.sampling.model
+    assert build_judge(cfg, HFLike()).model is own and loaded == []
+    assert build_judge(cfg, LlamaLike(), "answer-judge").model is not own and loaded == [cfg.scoring.judge_model]
+    other = load_config("smoke", "scoring.judge_model=some-other-judge")
+    assert build_judge(other, HFLike()).model is not own and loaded[-1] == "some-other-judge"
+    with pytest.raises(ValueError, match="not an LM judge"):
+        build_judge(cfg, HFLike(), "self-certainty")

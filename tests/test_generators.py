@@ -132,7 +132,9 @@ def test_llama_cpp_batched_sampler_records_logprobs_and_is_seeded(llama_sampler)
 
 def test_llama_cpp_logprobs_are_the_untempered_model_distribution(llama_sampler):
     """The first token's recorded log-prob equals log-softmax of llama.cpp's own logits for the
-    prompt, computed independently through llama-cpp-python's high-level API."""
+    prompt, computed independently through llama-cpp-python's high-level API (one sequence, one
+    thread: the quantised kernels round differently than in a batch, measured 0.014 apart). The
+    tolerance still tells the raw distribution from the tempered one the sampler draws from."""
     from llama_cpp import Llama
 
     req = SampleRequest(prompt="Say hello.", n=2, max_new_tokens=3, seed=5)
@@ -143,6 +145,9 @@ def test_llama_cpp_logprobs_are_the_untempered_model_distribution(llama_sampler)
     logits = np.asarray(ref.scores[len(ids) - 1], dtype=np.float64)
     logp = logits - (np.log(np.exp(logits - logits.max()).sum()) + logits.max())
     first = llama_sampler.lm.tokenize(comps[0].text.encode(), add_bos=False, special=False)[0]
-    assert comps[0].token_logprobs[0] == pytest.approx(logp[first], abs=2e-3)
-    assert comps[0].token_confidence[0] == pytest.approx(np.sort(logp)[-5:].mean(), abs=2e-3)
+    assert comps[0].token_logprobs[0] == pytest.approx(logp[first], abs=0.05)
+    tempered = logits / 0.7
+    tempered = tempered - (np.log(np.exp(tempered - tempered.max()).sum()) + tempered.max())
+    assert abs(tempered[first] - logp[first]) > 0.1 or abs(np.sort(tempered)[-5:].mean() - np.sort(logp)[-5:].mean()) > 0.1
+    assert comps[0].token_confidence[0] == pytest.approx(np.sort(logp)[-5:].mean(), abs=0.05)
     ref.close()

@@ -104,7 +104,7 @@ class Particle:
     done: bool = False
     step_scores: tuple[float, ...] = ()
     n_tokens: int = 0  # tokens generated along this particle's own history
-    finish_reason: str | None = None  # how its last step ended: "stop" (EOS), "stop_string", "length"; None: not recorded
+    finish_reason: str | None = None  # how its last step ended: "stop" (EOS), "stop_string", "length"
 
     @property
     def finished(self) -> bool:

@@ -38,8 +38,8 @@ from .grading import split_steps
 from .registry import Registry
 from .samplers.base import Completion, load_prompt_template
 
-__all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "build_judge", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
-           "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer"]
+__all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
+           "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer", "JUDGES", "build_judge"]
 
 SCORERS: Registry = Registry("scorer")
 

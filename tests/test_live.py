@@ -66,8 +66,9 @@ class UnboxedSampler:
 def test_truncated_sample_without_a_stated_answer_is_not_credited_live():
     probs = problems(2)
     for finish, answer in (("stop", FAKE_GOLD), ("length", None)):
-        for run in (lambda s: run_live(make_policy("bon", N=2), s, probs, score_fn, 4, chunk=2),
-                    lambda s: run_live_concurrent(lambda: make_policy("bon", N=2), ReversedAsyncFake(s), probs, score_fn, 4)):
+        policy = lambda: make_policy("bon", N=2)  # noqa: E731
+        for run in (lambda s: run_live(policy(), s, probs, score_fn, 4, chunk=2),
+                    lambda s: run_live_concurrent(policy, ReversedAsyncFake(s), probs, score_fn, 4)):
             live = run(UnboxedSampler(finish))
             assert live["answer"].tolist() == [answer] * 2, finish
             assert live["correct"].tolist() == [answer is not None] * 2, finish

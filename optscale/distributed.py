@@ -223,9 +223,8 @@ def score_pool_ray(path: str | os.PathLike, scorer: str, questions: dict[str, st
     workers (e.g. the PRM on GPU nodes); each round scores ``flush_every`` questions per worker
     and rewrites the pool, so an interrupted run resumes. The scores are those a local
     :func:`~optscale.pools.score_pool` gives (the same scorer on the same completions)."""
-    import numpy as np
 
-    from .pools import PoolError, read_pool, write_pool
+    from .pools import PoolError, open_score_column, question_completions, store_scores, write_pool
 
     own = runner is None
     if runner is None:
@@ -233,15 +232,7 @@ def score_pool_ray(path: str | os.PathLike, scorer: str, questions: dict[str, st
     if scorer not in runner.scorer_names:
         raise SamplerError(f"the Ray workers hold scorers {runner.scorer_names}, not {scorer!r}")
     try:
-        pool = read_pool(path, allow_partial_scores=True)
-        df, meta = pool.df.copy(), dict(pool.meta)
-        col, scol = f"score__{scorer}", f"step_scores__{scorer}"
-        if col not in df.columns:
-            df[col] = np.nan
-            df[scol] = None
-        df[scol] = df[scol].astype(object)
-        meta.setdefault("scorers", {})[scorer] = runner.scorer_descriptions()[scorer]
-        todo = [q for q, g in df.groupby("question_id", sort=False) if g[col].isna().any()]
+        df, meta, todo = open_score_column(path, scorer, runner.scorer_descriptions()[scorer])
         for qid in todo:
             if qid not in questions:
                 raise PoolError(f"{path}: question {qid!r} has no question text to score")
@@ -249,16 +240,11 @@ def score_pool_ray(path: str | os.PathLike, scorer: str, questions: dict[str, st
         for start in range(0, len(todo), step):
             items, where = [], []
             for qid in todo[start:start + step]:
-                g = df.loc[df["question_id"] == qid].sort_values("sample_index")
-                items.append((questions[qid], [Completion(text=r.text, n_tokens=int(r.n_tokens),
-                                                          finish_reason=r.finish_reason, seed=int(r.seed),
-                                                          token_logprobs=list(r.token_logprobs))
-                                               for r in g.itertuples()]))
-                where.append(g.index)
+                index, comps = question_completions(df, qid)
+                items.append((questions[qid], comps))
+                where.append(index)
             for idx, res in zip(where, runner.score(scorer, items)):
-                for i, r in zip(idx, res):
-                    df.at[i, col] = r.score
-                    df.at[i, scol] = list(r.step_scores)
+                store_scores(df, idx, res, scorer)
             write_pool(df, meta, path, allow_partial_scores=True)
         write_pool(df, meta, path, allow_partial_scores=True)
         return Path(path)

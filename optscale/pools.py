@@ -664,34 +664,53 @@ def generate_pool(
     return path
 
 
-def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], flush_every: int = 8,
-               progress: bool = True) -> Path:
-    """Add (or complete) the ``score__<scorer>`` column of a pool, question by question,
-    rewriting the file every ``flush_every`` questions so an interrupted run resumes."""
-    from tqdm.auto import tqdm
-
+def open_score_column(path: str | os.PathLike, name: str, description: dict[str, Any]
+                      ) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
+    """A pool's frame with the columns ``score__<name>`` / ``step_scores__<name>`` present (NaN /
+    None where not scored yet), its metadata naming the scorer, and the ids of the questions that
+    still have unscored samples, in pool order."""
     pool = read_pool(path, allow_partial_scores=True)
     df, meta = pool.df.copy(), dict(pool.meta)
-    col, scol = f"score__{scorer.name}", f"step_scores__{scorer.name}"
+    col, scol = f"score__{name}", f"step_scores__{name}"
     if col not in df.columns:
         df[col] = np.nan
         df[scol] = None
     df[scol] = df[scol].astype(object)
-    meta.setdefault("scorers", {})[scorer.name] = scorer.describe()
+    meta.setdefault("scorers", {})[name] = description
     todo = [q for q, g in df.groupby("question_id", sort=False) if g[col].isna().any()]
+    return df, meta, todo
+
+
+def question_completions(df: pd.DataFrame, question_id: str) -> tuple[pd.Index, list[Completion]]:
+    """The rows of one question, in sample order, as (frame index, Completions) for a scorer."""
+    g = df.loc[df["question_id"] == question_id].sort_values("sample_index")
+    return g.index, [Completion(text=r.text, n_tokens=int(r.n_tokens), finish_reason=r.finish_reason, seed=int(r.seed),
+                                token_logprobs=list(r.token_logprobs), token_confidence=list(r.token_confidence))
+                     for r in g.itertuples()]
+
+
+def store_scores(df: pd.DataFrame, index: Iterable[Any], results: Sequence[Any], name: str) -> None:
+    for i, r in zip(index, results):
+        df.at[i, f"score__{name}"] = r.score
+        df.at[i, f"step_scores__{name}"] = list(r.step_scores)
+
+
+def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], flush_every: int = 8,
+               progress: bool = True, max_questions: int | None = None) -> Path:
+    """Add (or complete) the ``score__<scorer>`` column of a pool, question by question,
+    rewriting the file every ``flush_every`` questions so an interrupted run resumes.
+    ``max_questions`` scores at most that many of the unscored questions (a time-boxed caller)."""
+    from tqdm.auto import tqdm
+
+    df, meta, todo = open_score_column(path, scorer.name, scorer.describe())
+    if max_questions is not None:
+        todo = todo[:max_questions]
     since = 0
-    for qid in tqdm(todo, desc=f"{pool.dataset} {scorer.name}", disable=not progress):
+    for qid in tqdm(todo, desc=f"{Path(path).stem} {scorer.name}", disable=not progress):
         if qid not in questions:
             raise PoolError(f"{path}: question {qid!r} has no question text to score")
-        idx = df.index[df["question_id"] == qid]
-        g = df.loc[idx].sort_values("sample_index")
-        comps = [Completion(text=r.text, n_tokens=int(r.n_tokens), finish_reason=r.finish_reason, seed=int(r.seed),
-                            token_logprobs=list(r.token_logprobs), token_confidence=list(r.token_confidence))
-                 for r in g.itertuples()]
-        res = scorer.score(questions[qid], comps)
-        for i, r in zip(g.index, res):
-            df.at[i, col] = r.score
-            df.at[i, scol] = list(r.step_scores)
+        index, comps = question_completions(df, qid)
+        store_scores(df, index, scorer.score(questions[qid], comps), scorer.name)
         since += 1
         if since >= flush_every:
             write_pool(df, meta, path, allow_partial_scores=True)

@@ -128,7 +128,7 @@ def run_study(arm_names: Sequence[str], datasets: Sequence[str], questions: int,
 
 
 def _tokens(path: Path) -> int:
-    from .pools import merge_checkpoint, read_pool
+    from .pools import read_pool
 
     if not path.is_file():
         return 0

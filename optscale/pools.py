@@ -522,6 +522,30 @@ def _replica_summary(sampler: Sampler, before: list[dict] | None) -> list[dict] 
     return out
 
 
+# sampling keys that change what a sample is (the rest: batching, endpoints, retries, threads)
+_SAMPLE_KEYS = ("backend", "model", "dtype", "temperature", "top_p", "top_k", "repetition_penalty", "system_prompt",
+                "prompt_template", "top_k_logprobs")
+
+
+def _changed_sampling(old: dict[str, Any], new: dict[str, Any], dataset: str) -> list[str]:
+    """``key: old -> new`` for every sample-defining sampling key that differs (a key the old
+    pool did not record is compared with its default, i.e. the new config's value when it is the
+    default)."""
+    from .config import SamplingConfig
+
+    defaults = SamplingConfig()
+    out = []
+    for k in _SAMPLE_KEYS:
+        a, b = old.get(k, getattr(defaults, k)), new.get(k)
+        if a != b:
+            out.append(f"sampling.{k}: {a!r} -> {b!r}")
+    a = (old.get("max_new_tokens") or {}).get(dataset)
+    b = (new.get("max_new_tokens") or {}).get(dataset)
+    if a is not None and a != b:
+        out.append(f"sampling.max_new_tokens.{dataset}: {a} -> {b}")
+    return out
+
+
 def generate_pool(
     config: RunConfig,
     dataset: str,
@@ -581,6 +605,10 @@ def generate_pool(
             raise PoolError(f"{path}: existing pool has n_samples={existing.meta.get('n_samples')}, "
                             f"seed={existing.meta.get('seed')}; this run asks for n_samples={n}, seed={s.seed}. "
                             "Use another pools.pool_name for a different setting.")
+        changed = _changed_sampling(existing.meta.get("sampling") or {}, meta["sampling"], dataset)
+        if changed:
+            raise PoolError(f"{path}: the existing pool was sampled with a different setting ({'; '.join(changed)}); "
+                            "resuming would mix two settings in one pool. Use another pools.pool_name (or study arm).")
         meta = {**existing.meta, "git_hash": meta["git_hash"]}
     ck_rows = _read_checkpoint(ckpt)
     done = set(base_df["question_id"]) if base_df is not None else set()

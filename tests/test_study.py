@@ -81,3 +81,18 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
     assert ver.loc["combined-oof", "auroc_pooled"] > 0.6
     with pytest.raises(KeyError, match="no score__answer-judge column"):
         combine_study("a", ["answer-judge"], out_dir=study_dir)
+
+
+def test_a_pool_is_never_resumed_under_another_sampling_setting(study_dir):
+    from optscale.pools import PoolError
+
+    run_study(["a"], ["gsm8k"], questions=2, samples=2, caps={"gsm8k": 16}, offset=400, out_dir=study_dir)
+    arms = yaml.safe_load((study_dir / "arms.yaml").read_text())
+    arms["a"]["sampling.system_prompt"] = "be brief"
+    (study_dir / "arms.yaml").write_text(yaml.safe_dump(arms))
+    with pytest.raises(PoolError, match=r"sampling.system_prompt: '' -> 'be brief'.*mix two settings"):
+        run_study(["a"], ["gsm8k"], questions=3, samples=2, caps={"gsm8k": 16}, offset=400, out_dir=study_dir)
+    with pytest.raises(PoolError, match=r"sampling.max_new_tokens.gsm8k: 16 -> 32"):
+        arms["a"].pop("sampling.system_prompt")
+        (study_dir / "arms.yaml").write_text(yaml.safe_dump(arms))
+        run_study(["a"], ["gsm8k"], questions=3, samples=2, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)

@@ -723,6 +723,18 @@ def store_scores(df: pd.DataFrame, index: Iterable[Any], results: Sequence[Any],
         df.at[i, f"step_scores__{name}"] = list(r.step_scores)
 
 
+def write_score_column(path: str | os.PathLike, name: str, scores: np.ndarray, description: dict[str, Any]) -> Path:
+    """Write a whole ``score__<name>`` column (one-step ``step_scores__<name>``) computed outside a
+    scorer, e.g. a fitted combination of other columns; ``scores`` in the pool file's row order."""
+    df, meta, _ = open_score_column(path, name, description)
+    scores = np.asarray(scores, dtype=float)
+    if scores.shape != (len(df),):
+        raise PoolError(f"{path}: {scores.size} scores for {len(df)} samples (column score__{name})")
+    df[f"score__{name}"] = scores
+    df[f"step_scores__{name}"] = pd.Series([[float(x)] for x in scores], index=df.index, dtype=object)
+    return write_pool(df, meta, path, allow_partial_scores=True)
+
+
 def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], flush_every: int = 8,
                progress: bool = True, max_questions: int | None = None) -> Path:
     """Add (or complete) the ``score__<scorer>`` column of a pool, question by question,

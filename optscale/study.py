@@ -243,20 +243,16 @@ def combine_study(arm: str, features: Sequence[str], folds: int = 5, seed: int =
     its out-of-fold P(correct) as the ``combined-oof`` column of each pool (so the verifier table
     reports its held-out AUROC) and the model fitted on all study questions to
     ``data/study/<arm>/combined.json`` (for :func:`optscale.verifier_fit.add_combined_score`)."""
-    from .pools import read_pool, write_pool
+    from .pools import read_pool, write_score_column
     from .verifier_fit import fit_combination
 
     paths = sorted((out_dir / arm).glob("*.parquet"))
     pools = [read_pool(p, allow_partial_scores=True) for p in paths]
     oof, model = fit_combination(pools, features, folds=folds, seed=seed)
-    for path, pool, s in zip(paths, pools, oof):
-        df, meta = pool.df.copy(), dict(pool.meta)
-        df["score__combined-oof"] = s
-        df["step_scores__combined-oof"] = pd.Series([[float(x)] for x in s], index=df.index, dtype=object)
-        meta.setdefault("scorers", {})["combined-oof"] = {
-            "scorer": "combined-oof", "features": list(features), "folds": folds, "seed": seed,
-            "definition": "out-of-fold P(correct) of a logistic regression on the features, folds by question"}
-        write_pool(df, meta, path, allow_partial_scores=True)
+    description = {"scorer": "combined-oof", "features": list(features), "folds": folds, "seed": seed,
+                   "definition": "out-of-fold P(correct) of a logistic regression on the features, folds by question"}
+    for path, s in zip(paths, oof):
+        write_score_column(path, "combined-oof", s, description)
     model["arm"] = arm
     (out_dir / arm / "combined.json").write_text(json.dumps(model, indent=1) + "\n")
     return model

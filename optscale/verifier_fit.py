@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .pools import Pool
 
@@ -99,13 +98,8 @@ def combined_scores(pool: Pool, model: dict[str, Any]) -> np.ndarray:
 
 def add_combined_score(path: str | Path, model_path: str | Path, name: str = "combined") -> Path:
     """Write ``score__<name>`` (and one-step ``step_scores__<name>``) into the pool at ``path``."""
-    from .pools import read_pool, write_pool
+    from .pools import read_pool, write_score_column
 
     model = json.loads(Path(model_path).read_text())
-    pool = read_pool(path, allow_partial_scores=True)
-    s = combined_scores(pool, model)
-    df, meta = pool.df.copy(), dict(pool.meta)
-    df[f"score__{name}"] = s
-    df[f"step_scores__{name}"] = pd.Series([[float(x)] for x in s], index=df.index, dtype=object)
-    meta.setdefault("scorers", {})[name] = {"scorer": name, "model": str(model_path), **model}
-    return write_pool(df, meta, path, allow_partial_scores=True)
+    s = combined_scores(read_pool(path, allow_partial_scores=True), model)
+    return write_score_column(path, name, s, {"scorer": name, "model": str(model_path), **model})

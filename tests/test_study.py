@@ -76,6 +76,11 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
     full = combined_scores(pool, model)
     assert model["n_questions"] == 12 and len(model["coef"]) == 3
     assert ((0 < oof) & (oof < 1)).all() and not np.allclose(oof, full)  # held out != refit on all
+    from optscale.verifier_fit import add_combined_score
+
+    add_combined_score(study_dir / "a" / "gsm8k.parquet", study_dir / "a" / "combined.json")
+    applied = read_pool(study_dir / "a" / "gsm8k.parquet")
+    assert np.allclose(applied.df["score__combined"], full) and "combined" in applied.meta["scorers"]
     # the fake sampler makes correct samples more self-certain: the combination ranks them
     ver = verifier_table(["a"], out_dir=study_dir, reps=100, orders=20).set_index("verifier")
     assert ver.loc["combined-oof", "auroc_pooled"] > 0.6

@@ -2,7 +2,7 @@
 
 Three baselines, all timed in this one run (ratios, not absolute times, are the result):
 
-1. ``loop over N, F given``: :func:`optscale.bounds.required_samples_loop` on precomputed
+1. ``loop over N, F given``: :func:`optscale.theory.bounds.required_samples_loop` on precomputed
    ``F(s*)`` -- the solver alone, one Python iteration per tuple and per N. Must give identical N
    and reachability flags on every tuple (checked on all of them).
 2. ``per-question loop``: what a straightforward per-question reimplementation does end to end:
@@ -28,8 +28,8 @@ import time
 import numpy as np
 from scipy import stats
 
-from optscale.bounds import required_samples, required_samples_loop
-from optscale.fits import truncnorm_cdf
+from optscale.theory.bounds import required_samples, required_samples_loop
+from optscale.theory.truncnorm import truncnorm_cdf
 
 GRID = np.linspace(0.0, 1.0, 1000)  # the reference's score grid
 

@@ -2,7 +2,7 @@
 1, 2 and 4 fake OpenAI-compatible replicas (separate processes on 127.0.0.1, each serving
 ``--slots`` requests at once with ``--latency`` seconds per request).
 
-The replicas are ``optscale.samplers.fake_server`` (canned completions, no model), so the figure
+The replicas are ``optscale.sampling.fake_server`` (canned completions, no model), so the figure
 is what the pool path itself can drive: dispatching, streaming questions through the replicas,
 grading, scoring (self-certainty), checkpointing and writing Parquet; "pool run" is the
 ``generate_pool`` call's duration from the pool's ``run_summary`` (model-free setup such as
@@ -40,7 +40,7 @@ def start_replicas(k: int, latency: float, slots: int) -> tuple[list[subprocess.
     procs, urls = [], []
     for _ in range(k):
         port = free_port()
-        procs.append(subprocess.Popen([sys.executable, "-m", "optscale.samplers.fake_server", "--port", str(port),
+        procs.append(subprocess.Popen([sys.executable, "-m", "optscale.sampling.fake_server", "--port", str(port),
                                        "--latency", str(latency), "--slots", str(slots), "--max-seconds", "900"],
                                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         urls.append(f"http://127.0.0.1:{port}/v1")
@@ -85,7 +85,7 @@ def main() -> int:
     ap.add_argument("--replicas", default="1,2,4")
     a = ap.parse_args()
     from optscale.config import load_config
-    from optscale.samplers import get_sampler
+    from optscale.sampling import get_sampler
 
     # the chat template's tokenizer: load (and cache) it once before timing anything
     get_sampler("openai", load_config("endpoint", "{sampling.endpoints: [http://127.0.0.1:9/v1], "

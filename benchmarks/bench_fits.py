@@ -14,7 +14,7 @@ import time
 import numpy as np
 from scipy import optimize, stats
 
-from optscale.fits import MU_BOUNDS, SIGMA_BOUNDS, fit_truncnorm
+from optscale.theory.fits import MU_BOUNDS, SIGMA_BOUNDS, fit_truncnorm
 
 
 def scipy_fit(x: np.ndarray) -> tuple[np.ndarray, float]:

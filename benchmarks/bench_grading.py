@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 
-# -- the approach before issue 17 (optscale/grading.py at c3b8750), kept here as the baseline ----
+# -- the approach before issue 17 (optscale/data/grading.py at c3b8750), kept here as the baseline ----
 class Legacy:
     def __init__(self) -> None:
         import threading
@@ -90,8 +90,8 @@ class Legacy:
 def load_pool(source: str, profile: str, questions: int, samples: int, seed: int):
     """[(gold, [answer, ...]), ...] per question."""
     from optscale.config import load_config
-    from optscale.data import load_benchmark
-    from optscale.pools import pool_path, read_pool
+    from optscale.data.benchmarks import load_benchmark
+    from optscale.data.pools import pool_path, read_pool
 
     cfg = load_config(profile)
     if source == "pools":
@@ -118,7 +118,7 @@ def run(approach: str, pool) -> dict:
         classes = [g.classes(ans) for _, ans in pool]
         stats = {"parses": g.parses, "compares": g.compares, "timeouts": g.timeouts}
     else:
-        from optscale.grading import Grader
+        from optscale.data.grading import Grader
 
         g = Grader()
         correct = [[g.equivalent(gold, a) for a in ans] for gold, ans in pool]

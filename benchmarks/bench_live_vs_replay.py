@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 
-from optscale.data import Problem
-from optscale.evaluation import PoolArrays, replay
-from optscale.grading import answer_classes, extract_answer, is_equivalent
-from optscale.live import question_samples, run_live
+from optscale.data.benchmarks import Problem
+from optscale.evaluation.replay import PoolArrays, replay
+from optscale.data.grading import answer_classes, extract_answer, is_equivalent
+from optscale.evaluation.live import question_samples, run_live
 from optscale.policies import make_policy
-from optscale.samplers import get_sampler
-from optscale.samplers.fake import FAKE_GOLD
+from optscale.sampling import get_sampler
+from optscale.sampling.fake import FAKE_GOLD
 
 
 def score_fn(question, comps):

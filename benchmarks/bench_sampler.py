@@ -25,9 +25,9 @@ import os
 import time
 
 from optscale.config import SamplingConfig
-from optscale.data import load_benchmark
-from optscale.samplers import SampleRequest, get_sampler
-from optscale.samplers.base import derive_seed, load_prompt_template
+from optscale.data.benchmarks import load_benchmark
+from optscale.sampling import SampleRequest, get_sampler
+from optscale.sampling.base import derive_seed, load_prompt_template
 
 
 def bench_hf_generate(model, tok, prompt_ids, n, tokens):
@@ -98,7 +98,7 @@ def main() -> None:
                          max_new_tokens={"gsm8k": args.tokens})
     results = {}
     if {"hf-generate", "hf-cpu"} & set(want):
-        from optscale.hf_models import load_causal_lm
+        from optscale.sampling.hf_models import load_causal_lm
 
         model, tok = load_causal_lm(args.model, "bfloat16")
         s = get_sampler("hf-cpu", cfg, model=model, tokenizer=tok)

@@ -13,22 +13,12 @@ import sys
 import time
 
 from .config import load_config
-from .data import load_benchmark
-from .pools import generate_pool, merge_checkpoint, pool_path, read_pool, score_pool
-from .samplers import get_sampler
-from .selection import config_problems
-from .scorers import JUDGES, build_judge, get_scorer
-
-
-def build_scorers(cfg, sampler, names=None):
-    """The profile's scorers (or ``names`` among them); an LM judge shares the sampler's model
-    when the sampler has one in this process (:func:`optscale.scorers.build_judge`)."""
-    out = []
-    for name in cfg.scoring.scorers:
-        if names is not None and name not in names:
-            continue
-        out.append(build_judge(cfg, sampler, name) if name in JUDGES else get_scorer(name, cfg.scoring))
-    return out
+from .data.benchmarks import load_benchmark
+from .data.generation import generate_pool, merge_checkpoint
+from .data.pools import pool_path, read_pool, score_pool
+from .data.selection import config_problems
+from .sampling import get_sampler
+from .sampling.scorers import build_scorers, get_scorer
 
 
 def _problems(cfg, ds):
@@ -40,7 +30,7 @@ def _pools_sampler(cfg, args):
     scores on its workers, so nothing is loaded here."""
     online = args.online.split(",") if args.online else []
     if args.ray:
-        from .distributed import RayPoolSampler
+        from .sampling.distributed import RayPoolSampler
 
         return RayPoolSampler(cfg, address=args.ray, num_workers=args.ray_workers or None,
                               scorers=online, questions_per_call=args.questions_in_flight or None), []
@@ -97,7 +87,7 @@ def cmd_score(args) -> int:
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
     if args.ray:  # the scorer (e.g. the PRM) runs on the Ray workers, not here
-        from .distributed import RayPoolSampler, score_pool_ray
+        from .sampling.distributed import RayPoolSampler, score_pool_ray
 
         runner = RayPoolSampler(cfg, address=args.ray, num_workers=args.ray_workers or None, scorers=[args.scorer])
     else:
@@ -134,7 +124,7 @@ def cmd_regrade(args) -> int:
     """Re-extract the answers and regrade the correctness of existing pools from their stored
     text, finish reason and gold answer by the current grading rule (no model), rewrite each
     Parquet file atomically, and print per benchmark how many answers / correct flags changed."""
-    from .pools import regrade_pool
+    from .data.generation import regrade_pool
 
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
@@ -166,8 +156,8 @@ def cmd_info(args) -> int:
     the status table of ``data/pools/README.md`` (every scorer); ``csv`` every field."""
     import pandas as pd
 
-    from .curves import TOKENS_SCORER, pool_status, pool_status_markdown
-    from .pools import replay_orders
+    from .evaluation.curves import TOKENS_SCORER, pool_status, pool_status_markdown
+    from .data.pools import replay_orders
 
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)

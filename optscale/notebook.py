@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROJECT_ROOT, RunConfig, load_config
-from .pools import pool_path
+from .data.pools import pool_path
 from .provenance import write_manifest
 
 __all__ = ["setup_notebook"]

@@ -42,7 +42,7 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def file_sha256(path: str | Path) -> str:
-    from .model_files import sha256_file
+    from .sampling.model_files import sha256_file
 
     return sha256_file(path)
 

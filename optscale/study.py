@@ -2,7 +2,7 @@
 
 ``python -m optscale.study run`` samples each arm of ``data/study/arms.yaml`` (config overrides on
 the ``cpu`` profile) on the same study questions: positions ``[offset, offset + questions)`` of the
-seeded stratified selection order (:mod:`optscale.selection`), past the questions any pool uses.
+seeded stratified selection order (:mod:`optscale.data.selection`), past the questions any pool uses.
 Each arm's samples are an ordinary pool (``data/study/<arm>/<benchmark>.parquet``: resumable,
 checkpointed, scored and graded like every pool), and the wall time and tokens of every call are
 appended to ``data/study/<arm>/timing.jsonl`` so tokens/s are measured, not estimated. Arms run
@@ -34,8 +34,8 @@ import pandas as pd
 import yaml
 
 from .config import PROJECT_ROOT, load_config
-from .data import load_benchmark
-from .selection import select_questions
+from .data.benchmarks import load_benchmark
+from .data.selection import select_questions
 
 __all__ = ["STUDY_DIR", "load_arms", "arm_config", "study_problems", "run_study", "study_table", "score_study",
            "verifier_table", "combine_study", "study_caption", "plot_study", "main"]
@@ -73,9 +73,10 @@ def run_study(arm_names: Sequence[str], datasets: Sequence[str], questions: int,
               caps: dict[str, int], offset: int, hours: float = 0.0, out_dir: Path = STUDY_DIR) -> None:
     """Round-robin over arms, one question at a time, until every arm has ``questions`` questions
     per benchmark or the deadline passes (no new question starts after it)."""
-    from .pools import generate_pool, read_pool
-    from .samplers import get_sampler
-    from .scorers import get_scorer
+    from .data.generation import generate_pool
+    from .data.pools import read_pool
+    from .sampling import get_sampler
+    from .sampling.scorers import get_scorer
 
     arms = load_arms(out_dir / "arms.yaml")
     deadline = time.time() + hours * 3600 if hours else None
@@ -128,7 +129,7 @@ def run_study(arm_names: Sequence[str], datasets: Sequence[str], questions: int,
 
 
 def _tokens(path: Path) -> int:
-    from .pools import read_pool
+    from .data.pools import read_pool
 
     if not path.is_file():
         return 0
@@ -137,8 +138,8 @@ def _tokens(path: Path) -> int:
 
 def study_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY_DIR, reps: int = 2000,
                 seed: int = 0) -> pd.DataFrame:
-    from .curves import bootstrap_mean_ci
-    from .pools import read_pool
+    from .evaluation.curves import bootstrap_mean_ci
+    from .data.pools import read_pool
 
     arms = load_arms(out_dir / "arms.yaml")
     rows = []
@@ -172,8 +173,8 @@ def score_study(arm_names: Sequence[str], scorer_names: Sequence[str], judge_mod
     """Add each scorer's column to the arms' pools (resumable: only unscored questions), and append
     the CPU seconds per scored sample to ``data/study/<arm>/scoring.jsonl``. Question by question,
     arms round-robin, until done or the deadline (no new question after it)."""
-    from .pools import read_pool, score_pool
-    from .scorers import get_scorer
+    from .data.pools import read_pool, score_pool
+    from .sampling.scorers import get_scorer
 
     deadline = time.time() + hours * 3600 if hours else None
     base = load_config("cpu", {"scoring.judge_model": judge_model} if judge_model else None)
@@ -208,8 +209,8 @@ def verifier_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY
     """One row per (arm, benchmark, verifier): accuracy, truncation, AUROC pooled and within
     questions (CI), the token-count baseline, BoN@n minus single-sample accuracy (CI) and the
     CPU seconds per scored sample (0 for scores read off the sampler's log-probs)."""
-    from .curves import TOKENS_SCORER, pool_status
-    from .pools import read_pool, replay_orders
+    from .evaluation.curves import TOKENS_SCORER, pool_status
+    from .data.pools import read_pool, replay_orders
 
     arms = load_arms(out_dir / "arms.yaml")
     rows = []
@@ -242,9 +243,9 @@ def combine_study(arm: str, features: Sequence[str], folds: int = 5, seed: int =
     """Fit the logistic-regression combination of ``features`` on an arm's study pools, write
     its out-of-fold P(correct) as the ``combined-oof`` column of each pool (so the verifier table
     reports its held-out AUROC) and the model fitted on all study questions to
-    ``data/study/<arm>/combined.json`` (for :func:`optscale.verifier_fit.add_combined_score`)."""
-    from .pools import read_pool, write_score_column
-    from .verifier_fit import fit_combination
+    ``data/study/<arm>/combined.json`` (for :func:`optscale.sampling.verifier_fit.add_combined_score`)."""
+    from .data.pools import read_pool, write_score_column
+    from .sampling.verifier_fit import fit_combination
 
     paths = sorted((out_dir / arm).glob("*.parquet"))
     pools = [read_pool(p, allow_partial_scores=True) for p in paths]
@@ -261,7 +262,7 @@ def combine_study(arm: str, features: Sequence[str], folds: int = 5, seed: int =
 def study_caption(arms: pd.DataFrame, out_dir: Path = STUDY_DIR) -> str:
     """Names every arm's pool from its own metadata: generator and backend, prompt, decoding,
     questions x samples, seed."""
-    from .pools import read_pool
+    from .data.pools import read_pool
 
     parts = []
     for r in arms.itertuples():

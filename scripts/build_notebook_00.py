@@ -8,8 +8,8 @@ What the five benchmarks and the project's sample pools contain: benchmark sizes
 answers, a few live samples from the real CPU model, and for every pool the accuracy of a single
 sample, Best-of-N / majority-vote / score-weighted-vote curves for N = 1…16 (averaged over seeded
 random sample orders, with bootstrap CIs over questions), and score histograms of correct vs
-wrong samples per scorer. Everything is computed by `optscale` (`optscale.curves`,
-`optscale.pool_figures`); this notebook only calls it and saves figures and tables to the run
+wrong samples per scorer. Everything is computed by `optscale` (`optscale.evaluation.curves`,
+`optscale.evaluation.pool_figures`); this notebook only calls it and saves figures and tables to the run
 folder."""),
 code('''profile: str = "cpu"  # profile in profiles/
 run_dir: str = "outputs/dev"  # where figures/tables go
@@ -17,14 +17,13 @@ overrides: str = ""  # dotted overrides, e.g. pools.replay_orders=50
 scorer: str = ""  # scorer for Best-of-N, empty means scoring.primary of the profile
 max_N: int = 16  # largest N on the curves (capped at each pool's size)
 live_questions: int = 1  # GSM8K questions sampled live from the CPU model, 0 skips''', metadata={"tags": ["parameters"]}),
-code('''from optscale.notebook import setup_notebook
+code('''from optscale import setup_notebook
 cfg, run = setup_notebook(profile, run_dir, overrides, notebook="00_data_and_pools")
 scorer = scorer or cfg.scoring.primary
 print(cfg.profile, run)'''),
 md("## Benchmarks"),
 code('''import pandas as pd
-from optscale.data import load_benchmark, resolve_data_dir
-from optscale.provenance import save_table
+from optscale import load_benchmark, resolve_data_dir, save_table
 
 data_dir = resolve_data_dir(cfg.data.data_dir)
 bench = {b: load_benchmark(b, data_dir) for b in cfg.data.benchmarks}
@@ -34,9 +33,7 @@ save_table(bench_table, run, "00_benchmarks")
 bench_table'''),
 md("## Live samples from the CPU model\n\nA real generation with the profile's sampler, scored by every configured scorer and graded by math-verify: the same code path that produced the committed pools."),
 code('''import time
-from optscale.generate import build_scorers
-from optscale.pools import generate_pool, read_pool
-from optscale.samplers import get_sampler
+from optscale import build_scorers, generate_pool, read_pool, get_sampler
 
 if live_questions > 0:
     t0 = time.time()
@@ -52,8 +49,7 @@ if live_questions > 0:
                     + [c for c in live.df if c.startswith("score__")]].head(8))
     print(live.df["text"].iloc[0][:1500])'''),
 md("## The committed pools"),
-code('''from optscale.curves import pool_summary
-from optscale.pools import pool_path
+code('''from optscale import pool_summary, pool_path
 
 pools = {}
 for b in cfg.data.benchmarks:
@@ -68,10 +64,8 @@ for b in cfg.data.benchmarks:
 summary = pool_summary(pools)
 save_table(summary, run, "00_pool_summary", latex=True)
 summary'''),
-code('''from optscale.curves import fixed_n_curves
-from optscale.pool_figures import plot_fixed_n_curves, plot_score_histograms, pool_caption
-from optscale.pools import replay_orders
-from optscale.provenance import save_figure
+code('''from optscale import fixed_n_curves, plot_fixed_n_curves, plot_score_histograms, pool_caption, replay_orders
+from optscale import save_figure
 
 curves = []
 for b, pool in pools.items():

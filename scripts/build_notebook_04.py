@@ -18,12 +18,11 @@ single-sample accuracy, all with 95% bootstrap CIs over questions."""),
 run_dir: str = "outputs/dev"  # where figures/tables go
 overrides: str = ""  # dotted overrides
 arms: str = ""  # comma-separated arms, empty = every arm with samples''', metadata={"tags": ["parameters"]}),
-    code('''from optscale.notebook import setup_notebook
+    code('''from optscale import setup_notebook
 cfg, run = setup_notebook(profile, run_dir, overrides, notebook="04_generator_study")
 print(cfg.profile, run)'''),
     md("## Arms: accuracy, truncation, code, speed"),
-    code('''from optscale.provenance import save_figure, save_table
-from optscale.study import plot_study, study_caption, study_table, verifier_table
+    code('''from optscale import save_figure, save_table, plot_study, study_caption, study_table, verifier_table
 
 names = arms.split(",") if arms else None
 arm_table = study_table(names, reps=cfg.evaluation.bootstrap_reps, seed=cfg.evaluation.seed)

@@ -11,7 +11,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def data_dir():
-    from optscale.data import resolve_data_dir
+    from optscale.data.benchmarks import resolve_data_dir
 
     try:
         return resolve_data_dir()
@@ -22,6 +22,6 @@ def data_dir():
 @pytest.fixture(scope="session")
 def cpu_model():
     """The real embedded CPU model (slow: loads once per session)."""
-    from optscale.hf_models import load_causal_lm
+    from optscale.sampling.hf_models import load_causal_lm
 
     return load_causal_lm("qwen2.5-coder-0.5b-instruct-q4", "bfloat16", "cpu")

@@ -1,18 +1,9 @@
 import numpy as np
 import pytest
 
-from optscale.bounds import (
-    BoundError,
-    confidence_at,
-    n_star,
-    reachable_level,
-    required_samples,
-    required_samples_loop,
-    target_absolute,
-    target_from_percentile,
-    target_reachable,
-)
-from optscale.fits import truncnorm_cdf, truncnorm_ppf
+from optscale.theory.bounds import (BoundError, confidence_at, n_star, reachable_level, required_samples,
+                                    required_samples_loop, target_absolute, target_from_percentile, target_reachable)
+from optscale.theory.truncnorm import truncnorm_cdf, truncnorm_ppf
 
 
 def _random_tuples(n, seed=0):

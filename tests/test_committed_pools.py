@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from optscale.config import BENCHMARKS, load_config
-from optscale.data import load_benchmark
-from optscale.grading import GRADING_RULE_VERSION, grade
-from optscale.pools import pool_path, read_pool
+from optscale.data.benchmarks import load_benchmark
+from optscale.data.grading import GRADING_RULE_VERSION, grade
+from optscale.data.pools import pool_path, read_pool
 
 
 @pytest.fixture(scope="module")

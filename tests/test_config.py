@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from optscale.config import BENCHMARKS, ConfigError, RunConfig, available_profiles, load_config, parse_overrides, profile_path
+from optscale.config import (BENCHMARKS, ConfigError, RunConfig, available_profiles, load_config, parse_overrides,
+                             profile_path)
 
 
 def test_defaults_validate_and_roundtrip():

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optscale.curves import (TOKENS_SCORER, auroc, auroc_summary, bon_correct, bootstrap_mean_ci, fixed_n_curves,
-                             majority_correct, pool_status, pool_status_markdown, pool_summary, scorer_auroc,
-                             within_question_auroc)
-from optscale.pools import Pool, replay_orders
+from optscale.evaluation.curves import (TOKENS_SCORER, auroc, auroc_summary, bon_correct, bootstrap_mean_ci,
+                                        fixed_n_curves, majority_correct, pool_status, pool_status_markdown,
+                                        pool_summary, scorer_auroc, within_question_auroc)
+from optscale.data.pools import Pool, replay_orders
 
 
 def test_bon_picks_highest_score():
@@ -25,7 +25,7 @@ def test_bon_picks_highest_score():
 
 
 def test_pool_bon_equals_the_evaluation_bon_curve():
-    from optscale.evaluation import PoolArrays, bon_curve
+    from optscale.evaluation.replay import PoolArrays, bon_curve
 
     rng = np.random.default_rng(4)
     scores, correct = rng.random((6, 5)), rng.random((6, 5)) < 0.4

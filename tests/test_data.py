@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from optscale.data import BENCHMARK_FILES, DataError, load_benchmark, load_predictor_labels, resolve_data_dir
+from optscale.data.benchmarks import (BENCHMARK_FILES, DataError, load_benchmark, load_predictor_labels,
+                                      resolve_data_dir)
 
 EXPECTED = {"math500": 500, "gsm8k": 1319, "aime24": 30, "aime25": 30, "amc23": 40}
 

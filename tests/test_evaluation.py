@@ -5,11 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from optscale import evaluation as ev
-from optscale.evaluation import (PoolArrays, bon_curve, interval_estimates, oracle_curve, paired_test, replay,
-                                 split_questions)
+from optscale.evaluation import protocol
+from optscale.evaluation.paper import load_reported_table, paper_comparison
+from optscale.evaluation.protocol import evaluate, verdict_table
+from optscale.evaluation.replay import PoolArrays, bon_curve, oracle_curve, pool_arrays, replay
+from optscale.evaluation.runner import curve_table, evaluate_config, run_evaluation
+from optscale.evaluation.statistics import crossfit_folds, interval_estimates, paired_test, split_questions
+from optscale.evaluation.verifier_auroc import verifier_auroc_caption, verifier_auroc_points
 from optscale.policies import POLICIES, Policy, make_policy
-from optscale.pools import replay_orders
+from optscale.data.pools import replay_orders
 
 
 def small_pool(Q=12, n=6, seed=0):
@@ -134,7 +138,7 @@ def test_tuning_never_sees_the_test_split(monkeypatch):
     calib_idx, test_idx = split_questions(d.question_ids, 0.5, seed=4)
     test_ids = set(d.question_ids[test_idx])
     seen_in_tuning = []
-    real_tune = ev.tune
+    real_tune = protocol.tune
 
     def spy_tune(name, calib, *a, **k):
         seen_in_tuning.append(set(calib.question_ids))
@@ -143,15 +147,15 @@ def test_tuning_never_sees_the_test_split(monkeypatch):
         seen_in_tuning.append(set(_Spy.reset_ids))
         return out
 
-    monkeypatch.setattr(ev, "tune", spy_tune)
+    monkeypatch.setattr(protocol, "tune", spy_tune)
     _Spy.prepared.clear()
-    res = ev.evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
+    res = evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
                       protocol="calibrated", verbose=False)
     assert seen_in_tuning and all(s.isdisjoint(test_ids) for s in seen_in_tuning)
     assert _Spy.prepared and all(s.isdisjoint(test_ids) for s in _Spy.prepared)
     assert set(res.logs["question_id"]) == test_ids
     assert set(res.summary["test_questions"]) == {len(test_idx)}
-    tt = ev.evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
+    tt = evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
                      protocol="test-tuned", verbose=False)
     assert tt.protocol == "test-tuned" and set(tt.logs["question_id"]) == test_ids
 
@@ -160,7 +164,7 @@ def test_evaluate_outputs_and_determinism():
     d = small_pool(Q=16)
     kw = dict(policies=["bon", "majority", "esc", "oracle"], orders=4, tune_orders=2, bootstrap_reps=100,
               verbose=False)
-    a, b = ev.evaluate(d, **kw), ev.evaluate(d, **kw)
+    a, b = evaluate(d, **kw), evaluate(d, **kw)
     assert a.summary.equals(b.summary)
     assert {"accuracy_lo", "accuracy_hi", "tokens_lo", "tokens_hi"} <= set(a.summary.columns)
     s = a.savings.set_index("policy")
@@ -169,18 +173,18 @@ def test_evaluate_outputs_and_determinism():
 
 
 def test_reported_table_and_side_by_side():
-    from optscale.data import resolve_data_dir
+    from optscale.data.benchmarks import resolve_data_dir
 
     try:
-        rep = ev.load_reported_table()
+        rep = load_reported_table()
     except Exception:  # pragma: no cover - data release absent on this machine
         pytest.skip(f"no reference table under {resolve_data_dir()}")
     row = rep[(rep.method == "Best-of-N (BoN)") & (rep.N == 8) & (rep.dataset == "math500")]
     assert row["accuracy"].iloc[0] == pytest.approx(0.948) and row["tokens"].iloc[0] == 22135
     d = small_pool(Q=16)
-    res = ev.evaluate(d, policies=["bon", "majority"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    res = evaluate(d, policies=["bon", "majority"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
     s = res.summary.assign(dataset="math500")
-    cmp = ev.paper_comparison(s, rep, "toy pool")
+    cmp = paper_comparison(s, rep, "toy pool")
     assert list(cmp["reported_N"]) == [8, 8]  # closest paper N to our max_N = 6
     assert (cmp["ours_source"] == "reproduced on toy pool").all()
 
@@ -189,34 +193,34 @@ def test_figures_return_figures():
     import matplotlib
 
     matplotlib.use("Agg")
-    from optscale.figures import plot_pareto, plot_savings
+    from optscale.evaluation.figures import plot_pareto, plot_savings
 
     d = small_pool(Q=16)
-    res = ev.evaluate(d, policies=["bon", "esc", "oracle"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
-    fig = plot_pareto(res.summary, ev.curve_table(res, reps=50), title="toy")
+    res = evaluate(d, policies=["bon", "esc", "oracle"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    fig = plot_pareto(res.summary, curve_table(res, reps=50), title="toy")
     assert len(fig.axes[0].lines) >= 2
     assert plot_savings(res.savings).axes
 
 
 def test_crossfit_folds_are_seeded_halves_covering_every_question_once():
     ids = [f"q{i}" for i in range(41)]
-    a, b = ev.crossfit_folds(ids, seed=0)
+    a, b = crossfit_folds(ids, seed=0)
     assert sorted(np.concatenate([a, b]).tolist()) == list(range(41)) and set(a).isdisjoint(b)
     assert {len(a), len(b)} == {20, 21}
-    a2, b2 = ev.crossfit_folds(ids, seed=0)
+    a2, b2 = crossfit_folds(ids, seed=0)
     assert a2.tolist() == a.tolist() and b2.tolist() == b.tolist()
-    a3, _ = ev.crossfit_folds(ids, seed=1)
+    a3, _ = crossfit_folds(ids, seed=1)
     assert a3.tolist() != a.tolist()
     with pytest.raises(ValueError, match="duplicate question ids"):
-        ev.crossfit_folds(["q1", "q2", "q1"], seed=0)
+        crossfit_folds(["q1", "q2", "q1"], seed=0)
 
 
 def test_crossfit_tunes_each_fold_on_the_other_half_and_reports_every_question_once(monkeypatch):
     d = small_pool(Q=30)
-    half_a, half_b = ev.crossfit_folds(d.question_ids, seed=4)
+    half_a, half_b = crossfit_folds(d.question_ids, seed=4)
     halves = [set(d.question_ids[half_a]), set(d.question_ids[half_b])]
     tuned, reset_in_tuning = [], []
-    real_tune = ev.tune
+    real_tune = protocol.tune
 
     def spy_tune(name, calib, *a, **k):
         tuned.append(set(calib.question_ids))
@@ -225,9 +229,9 @@ def test_crossfit_tunes_each_fold_on_the_other_half_and_reports_every_question_o
         reset_in_tuning.append(set(_Spy.reset_ids))
         return out
 
-    monkeypatch.setattr(ev, "tune", spy_tune)
+    monkeypatch.setattr(protocol, "tune", spy_tune)
     _Spy.prepared.clear()
-    res = ev.evaluate(d, policies=["spy-test", "bon"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
+    res = evaluate(d, policies=["spy-test", "bon"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
                       verbose=False)
     assert res.protocol == "crossfit"
     # fold 1 is tuned (and prepared) on half B and reported on half A, fold 2 the other way round
@@ -244,7 +248,7 @@ def test_crossfit_tunes_each_fold_on_the_other_half_and_reports_every_question_o
 
 def test_crossfit_pools_both_folds_in_pool_order():
     d = small_pool(Q=20)
-    res = ev.evaluate(d, policies=["bon"], orders=4, tune_orders=2, bootstrap_reps=50, order_seed=7, verbose=False)
+    res = evaluate(d, policies=["bon"], orders=4, tune_orders=2, bootstrap_reps=50, order_seed=7, verbose=False)
     # BoN@max_N needs no tuning: the pooled per-question results are those of the whole pool
     full = bon_curve(d, replay_orders(d.n_questions, d.n, 4, seed=7))
     assert np.array_equal(res.results["bon"].correct, full["correct"][-1])
@@ -256,7 +260,7 @@ def test_crossfit_pools_both_folds_in_pool_order():
 
 def test_population_prior_is_fitted_per_subset_never_shared():
     d = small_pool(Q=20)
-    a, b = ev.crossfit_folds(d.question_ids, seed=0)
+    a, b = crossfit_folds(d.question_ids, seed=0)
     pa = d.subset(a).population_prior()
     pb = d.subset(b).population_prior()  # before the fix: the cached prior of half A
     assert pb != pa
@@ -281,12 +285,12 @@ def test_crossfit_tables_are_byte_identical_for_the_same_seed():
     d = small_pool(Q=24, seed=2)
     kw = dict(policies=["bon", "majority", "esc", "optscale-0", "optscale-t"], orders=3, tune_orders=2,
               bootstrap_reps=100, verbose=False)
-    a, b = ev.evaluate(d, **kw), ev.evaluate(small_pool(Q=24, seed=2), **kw)
+    a, b = evaluate(d, **kw), evaluate(small_pool(Q=24, seed=2), **kw)
     for name in ("summary", "savings", "logs", "tuning"):
         assert getattr(a, name).to_csv(index=False) == getattr(b, name).to_csv(index=False), name
-    v = ev.verdict_table(a.savings).set_index("policy")
+    v = verdict_table(a.savings).set_index("policy")
     assert v.loc["bon", "non-inferior (margin 0.02)"] == "yes" and v.loc["bon", "tokens saved % [CI]"] == "0.0 [0.0, 0.0]"
-    c = ev.evaluate(d, **{**kw, "split_seed": 1})
+    c = evaluate(d, **{**kw, "split_seed": 1})
     assert c.summary.to_csv(index=False) != a.summary.to_csv(index=False)
 
 
@@ -294,24 +298,24 @@ def test_a_split_under_ten_questions_is_warned_in_notes_and_summary():
     # issue 17 item 8: evaluate with 1 test question used to report a zero-width CI without a word
     d = small_pool(Q=12)
     seed = next(s for s in range(500) if len(split_questions(d.question_ids, 0.9, s)[1]) == 1)
-    res = ev.evaluate(d, policies=["bon"], calibration_fraction=0.9, split_seed=seed, protocol="calibrated",
+    res = evaluate(d, policies=["bon"], calibration_fraction=0.9, split_seed=seed, protocol="calibrated",
                       orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
     assert res.summary["test_questions"].tolist() == [1]
     msg = "warning: the test split has only 1 question(s), fewer than 10"
     assert any(n.startswith(msg) for n in res.notes)
     assert res.summary["warning"].str.contains(msg, regex=False).all()
-    cf = ev.evaluate(small_pool(Q=15), policies=["bon"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    cf = evaluate(small_pool(Q=15), policies=["bon"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
     assert sum("cross-fitting half" in n and "fewer than 10" in n for n in cf.notes) == 2
-    big = ev.evaluate(small_pool(Q=24), policies=["bon"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
+    big = evaluate(small_pool(Q=24), policies=["bon"], orders=2, tune_orders=1, bootstrap_reps=50, verbose=False)
     assert not any("fewer than 10" in n for n in big.notes) and (big.summary["warning"] == "").all()
 
 
 def _fake_pool(tmp_path, n_q=12, n=4):
     from optscale.config import load_config
-    from optscale.data import Problem
-    from optscale.pools import generate_pool
-    from optscale.samplers.fake import FAKE_GOLD, FakeSampler
-    from optscale.scorers import get_scorer
+    from optscale.data.benchmarks import Problem
+    from optscale.data.generation import generate_pool
+    from optscale.sampling.fake import FAKE_GOLD, FakeSampler
+    from optscale.sampling.scorers import get_scorer
 
     cfg = load_config("cpu", {"pools.pool_dir": str(tmp_path), "pools.pool_name": "fake", "sampling.backend": "fake",
                               "sampling.n_samples.gsm8k": n, "data.benchmarks": ["gsm8k"],
@@ -325,7 +329,7 @@ def _fake_pool(tmp_path, n_q=12, n=4):
 
 def test_questions_with_nan_scores_are_dropped_by_id_into_the_notes_table(tmp_path):
     # issue 17 item 9: the allow_partial_scores path dropped such questions with a printed note only
-    from optscale.pools import read_pool, write_pool
+    from optscale.data.pools import read_pool, write_pool
 
     cfg, path = _fake_pool(tmp_path)
     pool = read_pool(path)
@@ -333,9 +337,9 @@ def test_questions_with_nan_scores_are_dropped_by_id_into_the_notes_table(tmp_pa
     df.loc[(df["question_id"] == "q3") & (df["sample_index"] == 1), "score__self-certainty"] = np.nan
     df.loc[df["question_id"] == "q7", "score__self-certainty"] = np.nan
     write_pool(df, pool.meta, path, allow_partial_scores=True)
-    data = ev.pool_arrays(read_pool(path, allow_partial_scores=True), "self-certainty", verbose=False)
+    data = pool_arrays(read_pool(path, allow_partial_scores=True), "self-certainty", verbose=False)
     assert "q3" not in set(data.question_ids) and "q7" not in set(data.question_ids) and data.n_questions == 10
-    tables = ev.run_evaluation(cfg, tmp_path / "run", verbose=False)
+    tables = run_evaluation(cfg, tmp_path / "run", verbose=False)
     notes = tables["notes"]["note"].tolist()
     dropped = [n for n in notes if "NaN scores" in n]
     assert dropped == ["gsm8k: dropped 2 question(s) not (fully) scored by 'self-certainty' (NaN scores): q3, q7"]
@@ -348,13 +352,13 @@ def test_verifier_auroc_points_skip_a_missing_pool_set_and_plot(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from optscale.curves import within_question_auroc
-    from optscale.figures import plot_verifier_auroc
-    from optscale.pools import read_pool
+    from optscale.evaluation.curves import within_question_auroc
+    from optscale.evaluation.figures import plot_verifier_auroc
+    from optscale.data.pools import read_pool
 
     cfg, path = _fake_pool(tmp_path, n_q=16)
     cfg = cfg.replace({"evaluation": {"auroc_pool_sets": ["fake", "not-generated-yet"], "protocol": "calibrated"}})
-    points, notes = ev.verifier_auroc_points(cfg, tmp_path / "run", verbose=False)
+    points, notes = verifier_auroc_points(cfg, tmp_path / "run", verbose=False)
     assert notes[0] == f"pool set 'not-generated-yet': no directory {tmp_path / 'not-generated-yet'}; skipped"
     assert len(points) == 1
     p = points.iloc[0]
@@ -366,11 +370,11 @@ def test_verifier_auroc_points_skip_a_missing_pool_set_and_plot(tmp_path):
     assert p["auroc_within_questions"] == int(np.isfinite(per_q).sum())
     assert p["auroc_within_lo"] <= p["auroc_within"] <= p["auroc_within_hi"] and p["saved_lo"] <= p["saved"] <= p["saved_hi"]
     # the evaluation behind the point is the cross-fitted one of notebook 05 for this scorer
-    data = ev.pool_arrays(pool, "self-certainty", cfg.evaluation.max_N, verbose=False)
-    s = ev.evaluate_config(data, cfg.replace({"evaluation.protocol": "crossfit"}), policies=["bon", "optscale-0"],
+    data = pool_arrays(pool, "self-certainty", cfg.evaluation.max_N, verbose=False)
+    s = evaluate_config(data, cfg.replace({"evaluation.protocol": "crossfit"}), policies=["bon", "optscale-0"],
                            verbose=False).savings.set_index("policy").loc["optscale-0"]
     assert (p["saved"], p["acc_diff"], p["ni_lower"]) == (s["saved"], s["acc_diff"], s["ni_lower"])
     fig = plot_verifier_auroc(points, 0.02)
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "gsm8k (vs BoN@4)"
-    caption = ev.verifier_auroc_caption(points, cfg, notes)
+    caption = verifier_auroc_caption(points, cfg, notes)
     assert "fake/gsm8k (generator" in caption and "scorers self-certainty" in caption

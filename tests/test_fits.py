@@ -2,20 +2,10 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from optscale.bounds import n_star
-from optscale.fits import (
-    FITS,
-    FitError,
-    fit_family,
-    fit_truncnorm,
-    goodness_of_fit,
-    ks_statistic,
-    truncnorm_cdf,
-    truncnorm_from_moments,
-    truncnorm_logpdf,
-    truncnorm_moments,
-    truncnorm_ppf,
-)
+from optscale.theory.bounds import n_star
+from optscale.theory.fits import FITS, fit_truncnorm, goodness_of_fit, ks_statistic, truncnorm_from_moments
+from optscale.theory.truncnorm import FitError, truncnorm_cdf, truncnorm_logpdf, truncnorm_moments, truncnorm_ppf
+from optscale.theory.families import fit_family
 
 
 def _sample(mu, sigma, k, seed=0):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from optscale.config import ConfigError, SamplingConfig, ScoringConfig, load_config
-from optscale.data import load_benchmark
-from optscale.model_files import EMBEDDED_GGUFS, QWEN_CODER_1_5B, assemble_gguf, gguf_summary
-from optscale.samplers import SampleRequest
-from optscale.samplers.base import Completion, chat_messages
-from optscale.scorers import get_scorer
-from optscale.selection import select_questions, selection_order, strata_counts
+from optscale.data.benchmarks import load_benchmark
+from optscale.sampling.model_files import EMBEDDED_GGUFS, QWEN_CODER_1_5B, assemble_gguf, gguf_summary
+from optscale.sampling import SampleRequest
+from optscale.sampling.base import Completion, chat_messages
+from optscale.sampling.scorers import get_scorer
+from optscale.data.selection import select_questions, selection_order, strata_counts
 
 
 # --- the shipped GGUFs ---------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_trace_confidence_scorers_match_their_definitions():
 @pytest.fixture(scope="module")
 def llama_sampler():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (scripts/install_llama_cpp.sh)")
-    from optscale.samplers import get_sampler
+    from optscale.sampling import get_sampler
 
     cfg = SamplingConfig(backend="llama-cpp", batch_size=6, max_new_tokens={"gsm8k": 8})
     s = get_sampler("llama-cpp", cfg)

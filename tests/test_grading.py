@@ -5,10 +5,10 @@ import time
 import pytest
 
 from optscale.config import load_config
-from optscale.data import load_benchmark
-from optscale.grading import (Grader, _verify, answer_classes, extract_answer, extract_boxed, grade, is_equivalent,
-                              split_steps)
-from optscale.pools import pool_path, read_pool
+from optscale.data.benchmarks import load_benchmark
+from optscale.data.grading import (Grader, _verify, answer_classes, extract_answer, extract_boxed, grade,
+                                   is_equivalent, split_steps)
+from optscale.data.pools import pool_path, read_pool
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from optscale.importers import PoolImportError, export_optscale_json, import_optscale_json, import_sal_jsonl
+from optscale.data.importers import PoolImportError, export_optscale_json, import_optscale_json, import_sal_jsonl
 
 
 def questions():
@@ -138,7 +138,7 @@ def test_token_count_source_is_recorded(tmp_path):
 
 def test_whole_file_is_checked_before_any_grading(tmp_path, monkeypatch):
     """A fault on the last line is raised before a single sample is graded."""
-    import optscale.importers as imp
+    import optscale.data.importers as imp
 
     graded = []
 

@@ -2,13 +2,13 @@
 
 import numpy as np
 
-from optscale.data import Problem
-from optscale.evaluation import PoolArrays, replay
-from optscale.grading import Grader, answer_classes, extract_answer, is_equivalent
-from optscale.live import OnlineClasses, question_samples, run_live
+from optscale.data.benchmarks import Problem
+from optscale.evaluation.replay import PoolArrays, replay
+from optscale.data.grading import Grader, answer_classes, extract_answer, is_equivalent
+from optscale.evaluation.live import OnlineClasses, question_samples, run_live
 from optscale.policies import make_policy
-from optscale.samplers import Completion, SampleRequest, get_sampler
-from optscale.samplers.fake import FAKE_GOLD
+from optscale.sampling import Completion, SampleRequest, get_sampler
+from optscale.sampling.fake import FAKE_GOLD
 
 
 def problems(k=6):
@@ -97,9 +97,9 @@ import pytest  # noqa: E402
 import test_openai_sampler as tos  # noqa: E402  (the scripted OpenAI-style servers)
 from test_openai_sampler import servers  # noqa: E402,F401  (fixture: scripted servers, always shut down)
 
-from optscale.live import run_live_concurrent  # noqa: E402
-from optscale.samplers import fake_server  # noqa: E402  (the fake replicas' token script)
-from optscale.samplers.openai_compat import OpenAICompatSampler  # noqa: E402
+from optscale.evaluation.live import run_live_concurrent  # noqa: E402
+from optscale.sampling import fake_server  # noqa: E402  (the fake replicas' token script)
+from optscale.sampling.openai_compat import OpenAICompatSampler  # noqa: E402
 
 CONCURRENT_POLICIES = (("bon", {"N": 2}), ("esc", {"window": 2}), ("asc", {"threshold": 0.9}), ("bon", {}))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optscale import markov as mk
+from optscale.systems import markov as mk
 
 
 def test_recursion_matches_closed_form():
@@ -135,14 +135,14 @@ class UnboxedSampler:
         self.finish_reason = finish_reason
 
     def generate(self, requests):
-        from optscale.samplers import Completion
+        from optscale.sampling import Completion
 
         return [[Completion(text="We add: 2 + 3 = 5", n_tokens=8, finish_reason=self.finish_reason, seed=r.seed + i)
                  for i in range(r.n)] for r in requests]
 
 
 def test_revision_chains_grade_truncated_samples_as_stating_no_answer():
-    from optscale.data import Problem
+    from optscale.data.benchmarks import Problem
 
     probs = [Problem("ds", "q0", "What is 2 + 3?", "5", 0)]
     for finish, answer in (("stop", "5"), ("length", None)):

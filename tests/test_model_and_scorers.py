@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from optscale.config import SamplingConfig, ScoringConfig
-from optscale.model_files import DEFAULT_GGUF, assemble_gguf, sha256_file
-from optscale.samplers import SampleRequest, get_sampler
-from optscale.samplers.base import Completion
-from optscale.scorers import aggregate_steps, get_scorer
+from optscale.sampling.model_files import DEFAULT_GGUF, assemble_gguf, sha256_file
+from optscale.sampling import SampleRequest, get_sampler
+from optscale.sampling.base import Completion
+from optscale.sampling.scorers import aggregate_steps, get_scorer
 
 
 def test_gguf_assembles_and_verifies(tmp_path):

@@ -1,7 +1,7 @@
 """The OpenAI-compatible sampler against real HTTP servers on 127.0.0.1.
 
 Two kinds of servers:
-- fake OpenAI-compatible replicas (``optscale.samplers.fake_server``, in-process threads) whose
+- fake OpenAI-compatible replicas (``optscale.sampling.fake_server``, in-process threads) whose
   answers are a deterministic function of the request's seed and which can be told to fail,
   stall, or die; they exercise sharding, bounded concurrency, retries, replica death and
   cancellation in a few seconds (tests/test_endpoint_scaling.py has the scale-out tests);
@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 
 from optscale.config import load_config
-from optscale.samplers import SAMPLERS, SampleRequest, SamplerError, derive_seed
-from optscale.samplers.fake_server import FakeOpenAIServer, scripted_tokens
-from optscale.samplers.openai_compat import (OpenAICompatSampler, char_ends_from_tokens, completion_from_choice,
-                                             normalize_base_url, topk_mean)
+from optscale.sampling import SAMPLERS, SampleRequest, SamplerError, derive_seed
+from optscale.sampling.fake_server import FakeOpenAIServer, scripted_tokens
+from optscale.sampling.openai_compat import OpenAICompatSampler
+from optscale.sampling.convert import char_ends_from_tokens, completion_from_choice, normalize_base_url, topk_mean
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake OpenAI-compatible replicas (optscale.samplers.fake_server)
+# Fake OpenAI-compatible replicas (optscale.sampling.fake_server)
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def servers():
@@ -320,7 +320,7 @@ class LlamaServer:
 def llama_servers(tmp_path_factory):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (scripts/install_llama_cpp.sh)")
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] extras not installed")
-    from optscale.model_files import assemble_gguf
+    from optscale.sampling.model_files import assemble_gguf
 
     gguf = assemble_gguf()
     logs = tmp_path_factory.mktemp("llama_logs")
@@ -336,7 +336,7 @@ def llama_servers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    from optscale.samplers.openai_compat import load_chat_tokenizer
+    from optscale.sampling.convert import load_chat_tokenizer
 
     return load_chat_tokenizer("qwen2.5-coder-0.5b-instruct-q4")
 
@@ -415,7 +415,7 @@ def test_paper_and_endpoint_profiles_load():
 @pytest.mark.server
 def test_llama_cpp_in_process_matches_server(llama_servers, chat_tokenizer):
     """The in-process llama.cpp backend sends the same prompts and seeds as the endpoint sampler."""
-    from optscale.samplers.llama_cpp import LlamaCppSampler
+    from optscale.sampling.llama_cpp import LlamaCppSampler
 
     a = llama_servers[0]
     if a.proc.poll() is not None:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from optscale import optpo
-from optscale.pools import replay_orders
+from optscale.systems import optpo
+from optscale.data.pools import replay_orders
 
 
 def test_posterior_closed_form():
@@ -97,7 +97,7 @@ class UnboxedSampler:
         self.finish_reason = finish_reason
 
     def generate(self, requests):
-        from optscale.samplers import Completion
+        from optscale.sampling import Completion
 
         return [[Completion(text="We add: 2 + 3 = 5", n_tokens=8, finish_reason=self.finish_reason, seed=r.seed + i)
                  for i in range(r.n)] for r in requests]
@@ -105,8 +105,8 @@ class UnboxedSampler:
 
 def test_truncated_rollouts_state_no_answer(monkeypatch):
     from optscale.config import load_config
-    from optscale.data import Problem
-    from optscale.samplers import hf_cpu
+    from optscale.data.benchmarks import Problem
+    from optscale.sampling import hf_cpu
 
     probs = [Problem("ds", "q0", "What is 2 + 3?", "5", 0)]
     cfg = load_config("smoke").sampling

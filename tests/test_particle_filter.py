@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from optscale import particle_filter as pf
-from optscale.samplers.base import Completion, derive_seed
+from optscale.systems import particle_filter as pf
+from optscale.sampling.base import Completion, derive_seed
 
 W = np.array([0.05, 0.4, 0.15, 0.3, 0.1])
 
@@ -204,7 +204,7 @@ def test_bootstrap_ci():
 
 
 def test_vectorised_pool_baselines_match_a_loop():
-    from optscale.pools import replay_orders, subsample
+    from optscale.data.pools import replay_orders, subsample
 
     rng = np.random.default_rng(7)
     q, n = 6, 8
@@ -231,8 +231,8 @@ def test_vectorised_pool_baselines_match_a_loop():
 def test_live_filter_continues_prefixes_with_the_cpu_model(cpu_model):
     """Two particles, two steps of <= 6 tokens with the real sampler and LM judge."""
     from optscale.config import load_config
-    from optscale.samplers.hf_cpu import HFSampler
-    from optscale.scorers import LMJudgeScorer
+    from optscale.sampling.hf_cpu import HFSampler
+    from optscale.sampling.scorers import LMJudgeScorer
 
     model, tok = cpu_model
     cfg = load_config("smoke")
@@ -250,9 +250,9 @@ def test_build_judge_shares_the_samplers_model_only_when_it_has_one(monkeypatch)
     """Notebook 07's judge: the hf-cpu sampler's own model when it is the judge model; a sampler
     without a transformers model (llama.cpp) or another judge model loads scoring.judge_model."""
     transformers = pytest.importorskip("transformers")
-    from optscale import hf_models
+    from optscale.sampling import hf_models
     from optscale.config import load_config
-    from optscale.scorers import build_judge
+    from optscale.sampling.scorers import build_judge
 
     class CharTokenizer:
         def __call__(self, text, add_special_tokens=False):

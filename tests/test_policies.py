@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from optscale.grading import answer_classes
+from optscale.data.grading import answer_classes
 from optscale.policies import POLICIES, PolicyError, QuestionContext, Sample, group_confidences, make_policy, vote
 
 
@@ -111,8 +111,8 @@ def test_optscale0_easy_question_stops_at_peek_hard_runs_to_max():
 
 
 def test_optscale0_n_star_matches_bound_on_fit():
-    from optscale.bounds import n_star
-    from optscale.fits import fit_truncnorm
+    from optscale.theory.bounds import n_star
+    from optscale.theory.fits import fit_truncnorm
 
     sc = [0.55, 0.7, 0.62, 0.4, 0.8, 0.5, 0.66, 0.71, 0.3, 0.6, 0.58, 0.49]
     fit = fit_truncnorm(np.array(sc[:4]))

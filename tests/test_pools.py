@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from optscale.config import RunConfig, load_config
-from optscale.data import Problem
-from optscale.pools import (PoolError, generate_pool, merge_checkpoint, read_pool, replay_orders, subsample,
-                            write_pool)
-from optscale.samplers.fake import FAKE_GOLD, FakeSampler
-from optscale.scorers import get_scorer
+from optscale.data.benchmarks import Problem
+from optscale.data.pools import PoolError, read_pool, replay_orders, subsample, write_pool
+from optscale.data.generation import generate_pool, merge_checkpoint
+from optscale.sampling.fake import FAKE_GOLD, FakeSampler
+from optscale.sampling.scorers import get_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,9 +107,9 @@ def test_mismatched_setting_is_refused(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     from optscale.config import load_config
-    from optscale.data import Problem
-    from optscale.pools import generate_pool
-    from optscale.samplers.fake import FAKE_GOLD, FakeSampler
+    from optscale.data.benchmarks import Problem
+    from optscale.data.generation import generate_pool
+    from optscale.sampling.fake import FAKE_GOLD, FakeSampler
     cfg = load_config("cpu", {{"pools.pool_dir": {root!r}, "pools.pool_name": "fake",
                               "sampling.n_samples.gsm8k": 4}})
     probs = [Problem("gsm8k", f"q{{i}}", f"What is {{i}}+1?", "42", i) for i in range(30)]
@@ -282,7 +282,7 @@ def test_pool_head_and_matrix(tmp_path):
 def test_missing_answer_reads_back_as_none_and_votes_as_no_answer(tmp_path):
     # A sample with no extractable answer is stored as null; pandas' string dtype reads it back
     # as NaN. The pool must hand it out as None so voting treats it as "no answer".
-    from optscale.curves import answer_labels
+    from optscale.evaluation.curves import answer_labels
 
     cfg, path = _make_pool(tmp_path)
     pool = read_pool(path)
@@ -317,8 +317,8 @@ def test_correct_without_an_answer_is_rejected(tmp_path, answer, what):
 
 
 def test_truncated_sample_without_a_stated_answer_has_none():
-    from optscale.pools import _rows_for_question
-    from optscale.samplers.base import Completion
+    from optscale.data.generation import _rows_for_question
+    from optscale.sampling.base import Completion
 
     p = _problems(1)[0]
     comps = [Completion("so 40 + 2 = 42", 5, "length", 0), Completion("so 40 + 2 = 42", 5, "stop", 0),
@@ -328,8 +328,8 @@ def test_truncated_sample_without_a_stated_answer_has_none():
 
 
 def test_regrade_pool_rewrites_answers_by_the_current_rule(tmp_path):
-    from optscale.grading import GRADING_RULE_VERSION
-    from optscale.pools import regrade_pool
+    from optscale.data.grading import GRADING_RULE_VERSION
+    from optscale.data.generation import regrade_pool
 
     cfg, path = _make_pool(tmp_path)
     pool = read_pool(path)
@@ -366,7 +366,7 @@ def test_generate_regrade_command(tmp_path, capsys):
 
 
 def test_resuming_a_pool_of_an_older_grading_rule_regrades_it(tmp_path):
-    from optscale.grading import GRADING_RULE_VERSION
+    from optscale.data.grading import GRADING_RULE_VERSION
 
     cfg, path = _make_pool(tmp_path, n_q=3)
     pool = read_pool(path)
@@ -385,17 +385,17 @@ def test_unresolved_grading_is_recorded_in_the_pool_metadata(tmp_path, monkeypat
     """A sample whose comparison exceeds the CPU budget is not correct, and the pool says so."""
     import types
 
-    import optscale.pools as pools
-    from optscale.grading import default_grader
-    from optscale.samplers.base import Completion
+    import optscale.data.generation as generation
+    from optscale.data.grading import default_grader
+    from optscale.sampling.base import Completion
 
     monkeypatch.setattr(default_grader(), "cpu_budget_s", 0.3)
     cfg, path = _make_pool(tmp_path, n_q=2)
     tower = "9^{9^{9}}"
     p = Problem("gsm8k", "q7", "What is 6+1?", FAKE_GOLD, 7)
     scored = {"self-certainty": [types.SimpleNamespace(score=0.5, step_scores=[0.5])] * 2}
-    rows = pools._rows_for_question(p, [Completion(rf"\boxed{{{tower}}}", 3, "stop", 0),
-                                        Completion(r"\boxed{42}", 3, "stop", 0)], scored)
+    rows = generation._rows_for_question(p, [Completion(rf"\boxed{{{tower}}}", 3, "stop", 0),
+                                             Completion(r"\boxed{42}", 3, "stop", 0)], scored)
     assert [(r["answer"], r["correct"], r["grading_unresolved"]) for r in rows] == [(tower, False, True),
                                                                                     ("42", True, False)]
     path.with_suffix(".checkpoint.jsonl").write_text(json.dumps({"question_id": "q7", "rows": rows}) + "\n")

@@ -1,4 +1,4 @@
-"""Tests for the question-only prior predictor (optscale.prior, optscale.features)."""
+"""Tests for the question-only prior predictor (optscale.predictor.prior, optscale.predictor.features)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from optscale.data import DataError, Problem, load_predictor_labels, resolve_data_dir
-from optscale.features import TEXT_FEATURE_NAMES, metadata_features, text_features
-from optscale.prior import (
-    BACKBONES,
-    HEADS,
-    PriorPredictor,
-    ScaleCalibrator,
-    check_labels,
-    evaluate_predictions,
-    load_predictor,
-    pool_moments,
-    question_groups,
-    split_indices,
-    transfer_evaluate,
-)
+from optscale.data.benchmarks import DataError, Problem, load_predictor_labels, resolve_data_dir
+from optscale.predictor.features import TEXT_FEATURE_NAMES, metadata_features, text_features
+from optscale.predictor.heads import BACKBONES, HEADS, check_labels
+from optscale.predictor.prior import PriorPredictor
+from optscale.predictor.calibration import ScaleCalibrator, pool_moments, transfer_evaluate
+from optscale.predictor.metrics import evaluate_predictions, question_groups, split_indices
+from optscale.predictor.factory import load_predictor
 
 
 def _have_data() -> bool:
@@ -275,8 +267,8 @@ def test_transfer_labels_only_eligible_questions():
 def test_lm_backbone_tiny_qwen2_fit_predict_save_load(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from optscale.features import minilm_model_dir
-    from optscale.prior import LMPriorPredictor
+    from optscale.predictor.features import minilm_model_dir
+    from optscale.predictor.lm import LMPriorPredictor
 
     try:
         tok = str(minilm_model_dir())

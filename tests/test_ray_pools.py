@@ -10,11 +10,12 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray not installed (pip install -e \".[ray]\")")
 
 from optscale.config import load_config  # noqa: E402
-from optscale.data import Problem  # noqa: E402
-from optscale.distributed import RayPoolSampler, score_pool_ray  # noqa: E402
-from optscale.pools import generate_pool, read_pool, score_pool  # noqa: E402
-from optscale.samplers.fake import FAKE_GOLD, FakeSampler  # noqa: E402
-from optscale.scorers import get_scorer  # noqa: E402
+from optscale.data.benchmarks import Problem  # noqa: E402
+from optscale.sampling.distributed import RayPoolSampler, score_pool_ray  # noqa: E402
+from optscale.data.generation import generate_pool  # noqa: E402
+from optscale.data.pools import read_pool, score_pool  # noqa: E402
+from optscale.sampling.fake import FAKE_GOLD, FakeSampler  # noqa: E402
+from optscale.sampling.scorers import get_scorer  # noqa: E402
 
 
 def _problems(k):

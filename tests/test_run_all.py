@@ -70,7 +70,7 @@ def test_notebook_setup_records_config_seeds_and_pool_checksums(tmp_path):
     import json
 
     from optscale.notebook import setup_notebook
-    from optscale.pools import pool_path
+    from optscale.data.pools import pool_path
     from optscale.provenance import file_sha256
 
     cfg, run = setup_notebook("smoke", str(tmp_path / "run"), "pools.replay_orders=3", notebook="00_x")

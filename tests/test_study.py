@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from optscale.selection import select_questions
-from optscale.data import load_benchmark
+from optscale.data.selection import select_questions
+from optscale.data.benchmarks import load_benchmark
 from optscale.study import plot_study, run_study, score_study, study_caption, study_table, verifier_table
 
 
@@ -24,7 +24,7 @@ def test_study_runs_arms_round_robin_outside_the_pools(study_dir, data_dir):
     table = study_table(out_dir=study_dir, reps=100)
     assert list(table["arm"]) == ["a", "b"] and (table["questions"] == 3).all() and (table["samples"] == 4).all()
     # questions: positions 400-402 of the stratified order, never among a 150-question pool's
-    from optscale.pools import read_pool
+    from optscale.data.pools import read_pool
 
     ids = set(read_pool(study_dir / "a" / "gsm8k.parquet").question_ids)
     gsm = load_benchmark("gsm8k", data_dir)
@@ -60,10 +60,10 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
     from dataclasses import replace
 
     import optscale.study as study
-    from optscale.pools import read_pool
-    from optscale.samplers.fake import FAKE_GOLD
+    from optscale.data.pools import read_pool
+    from optscale.sampling.fake import FAKE_GOLD
     from optscale.study import combine_study
-    from optscale.verifier_fit import combined_scores
+    from optscale.sampling.verifier_fit import combined_scores
 
     real = study.study_problems  # the fake sampler's "correct" answer is FAKE_GOLD
     monkeypatch.setattr(study, "study_problems", lambda *a, **k: [replace(p, answer=FAKE_GOLD) for p in real(*a, **k)])
@@ -76,7 +76,7 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
     full = combined_scores(pool, model)
     assert model["n_questions"] == 12 and len(model["coef"]) == 3
     assert ((0 < oof) & (oof < 1)).all() and not np.allclose(oof, full)  # held out != refit on all
-    from optscale.verifier_fit import add_combined_score
+    from optscale.sampling.verifier_fit import add_combined_score
 
     add_combined_score(study_dir / "a" / "gsm8k.parquet", study_dir / "a" / "combined.json")
     applied = read_pool(study_dir / "a" / "gsm8k.parquet")
@@ -89,7 +89,7 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
 
 
 def test_a_pool_is_never_resumed_under_another_sampling_setting(study_dir):
-    from optscale.pools import PoolError
+    from optscale.data.pools import PoolError
 
     run_study(["a"], ["gsm8k"], questions=2, samples=2, caps={"gsm8k": 16}, offset=400, out_dir=study_dir)
     arms = yaml.safe_load((study_dir / "arms.yaml").read_text())

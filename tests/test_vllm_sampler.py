@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from optscale.config import load_config
-from optscale.samplers import SAMPLERS, SampleRequest, SamplerError
-from optscale.samplers.vllm import VLLMSampler, completions_from_vllm_output, require_vllm, sampling_params_kwargs
+from optscale.sampling import SAMPLERS, SampleRequest, SamplerError
+from optscale.sampling.vllm import VLLMSampler, completions_from_vllm_output, require_vllm, sampling_params_kwargs
 
 
 @dataclass
@@ -163,7 +163,7 @@ def test_real_vllm_on_gpu():
 
     model = os.environ.get("OPTSCALE_VLLM_TEST_MODEL")
     if not model:
-        from optscale.model_files import assemble_gguf
+        from optscale.sampling.model_files import assemble_gguf
 
         model = str(assemble_gguf())  # vLLM loads GGUF files (tokenizer from the GGUF metadata)
     cfg = _cfg(**{"sampling.model": model, "sampling.gpu_memory_utilization": 0.5})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import BENCHMARKS, PROJECT_ROOT
+from ..config import BENCHMARKS, PROJECT_ROOT
 
 __all__ = [
     "Problem",

@@ -21,7 +21,7 @@ Parsing and comparing run under a budget of **CPU time of this process** (``seti
 change which comparisons finish, so classes and correctness do not depend on the machine's load.
 Comparisons that exceed the budget are pathological (e.g. ``9^{9^{9}}`` or ``10^{12}!``, which
 sympy tries to evaluate exactly): they are *unresolved*, counted in :class:`GradingStats`, logged
-on the ``optscale.grading`` logger, and resolved by a fixed rule — an unresolved answer is not
+on the ``optscale.data.grading`` logger, and resolved by a fixed rule — an unresolved answer is not
 correct and forms its own class (in :meth:`Grader.classes` it is not compared again within the
 question). :func:`grading_rule` describes the rule; pools record it in their metadata.
 The budget needs signals, so it applies in the main thread only; elsewhere math-verify runs
@@ -66,7 +66,7 @@ GRADING_RULE_VERSION = 2
 # (the first, which loads the LaTeX parser); exact evaluation of a power tower never finishes.
 CPU_BUDGET_S = 2.0
 
-log = logging.getLogger("optscale.grading")
+log = logging.getLogger("optscale.data.grading")
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -115,7 +115,7 @@ def extract_answer(text: str, finished: bool = True) -> str | None:
 
 def grading_rule(cpu_budget_s: float = CPU_BUDGET_S) -> dict[str, Any]:
     """The grading rule, as pools record it under ``meta["grading"]`` (with the samples whose
-    grading stayed unresolved, :func:`optscale.pools.regrade_frame`)."""
+    grading stayed unresolved, :func:`optscale.data.generation.regrade_frame`)."""
     from importlib.metadata import version
 
     return {

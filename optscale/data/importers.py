@@ -8,8 +8,8 @@
   ``completions``, ``scores`` (per-completion step rewards), optional ``completion_tokens``,
   ``problem``, ``answer``, ``unique_id``.
 
-Both return a :class:`optscale.pools.Pool` (validated with
-:func:`optscale.pools.validate_pool_frame`) whose sample score is the mean step reward (as in the
+Both return a :class:`optscale.data.pools.Pool` (validated with
+:func:`optscale.data.pools.validate_pool_frame`) whose sample score is the mean step reward (as in the
 paper) under ``score__<scorer>`` with the steps under ``step_scores__<scorer>``.
 
 The whole file is read and checked before any sample is graded. A malformed or truncated file,
@@ -17,13 +17,13 @@ an empty one, or a record without a gold answer raises :class:`PoolImportError` 
 and the line (JSONL) or question index (JSON); with ``keep_partial=True`` the questions read
 before the fault are returned and the fault is recorded in ``pool.meta["import_error"]``. Gold
 answers missing from the file can be passed as ``gold={question_id: answer}`` (e.g. from
-:func:`optscale.data.load_benchmark`).
+:func:`optscale.data.benchmarks.load_benchmark`).
 
 Token counts: the file's ``completion_tokens`` when present; otherwise the ``tokenizer`` given
 (a name for ``transformers.AutoTokenizer`` or an object with ``encode``), else the tokenizer of
 the named ``generator``, else whitespace-separated words with a warning. ``pool.meta["token_count"]``
 says which; ``pool.meta["grading"]`` records the grading rule and the samples whose grading stayed
-unresolved (:func:`optscale.pools.regrade_frame`). Imported samples carry no finish reason and
+unresolved (:func:`optscale.data.generation.regrade_frame`). Imported samples carry no finish reason and
 are graded as finished.
 """
 
@@ -37,8 +37,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .pools import Pool, regrade_frame, validate_pool_frame
-from .scorers import aggregate_steps
+from ..sampling.scorers import aggregate_steps
+from .generation import regrade_frame
+from .pools import Pool, validate_pool_frame
 
 __all__ = ["PoolImportError", "import_optscale_json", "import_sal_jsonl", "export_optscale_json"]
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data import Problem, load_benchmark
+from .benchmarks import Problem, load_benchmark
 
 __all__ = ["SELECTIONS", "selection_order", "select_questions", "config_problems", "strata_counts"]
 

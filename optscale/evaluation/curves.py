@@ -1,7 +1,7 @@
 """Fixed-N curves from a pool, averaged over seeded random sample orders, with bootstrap CIs.
 
 Shapes: ``scores``, ``correct``, ``tokens``, ``labels`` are (questions, pool_n); ``orders`` is
-(n_orders, questions, pool_n) from :func:`optscale.pools.replay_orders`. Every curve function
+(n_orders, questions, pool_n) from :func:`optscale.data.pools.replay_orders`. Every curve function
 returns a tidy DataFrame with one row per N: the accuracy and mean tokens per question averaged
 over orders, and a percentile-bootstrap CI over questions (scipy.stats.bootstrap) of the
 per-question accuracy.
@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .grading import answer_classes
-from .pools import Pool, subsample
+from ..data.grading import answer_classes
+from ..data.pools import Pool, subsample
 
 __all__ = [
     "answer_labels",
@@ -54,7 +54,7 @@ def bon_correct(scores: np.ndarray, correct: np.ndarray, orders: np.ndarray, n: 
     """(n_orders, questions) bool: is the highest-scored of the first ``n`` samples correct?
     Ties go to the earlier sample in the order. With ``answered`` ((questions, pool_n) bool), a
     sample without an answer never wins unless no sample has one (the rule of
-    :func:`optscale.evaluation.bon_curve`, so that both report the same Best-of-N)."""
+    :func:`optscale.evaluation.replay.bon_curve`, so that both report the same Best-of-N)."""
     if answered is not None:
         scores = np.where(answered, scores, np.asarray(scores, dtype=float) - 10.0)  # scores live in [0, 1]
     s = subsample(scores, orders, n)

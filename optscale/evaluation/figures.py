@@ -18,7 +18,7 @@ def plot_pareto(summary: pd.DataFrame, curves: pd.DataFrame, title: str = "", ax
     directions, the BoN curve (N = 1..max_N) and the oracle frontier, with their CI bands.
 
     ``summary``: rows of :attr:`Evaluation.summary` for one dataset; ``curves``:
-    :func:`optscale.evaluation.curve_table` for the same dataset."""
+    :func:`optscale.evaluation.runner.curve_table` for the same dataset."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.4, 4.2))
     styles = {"bon": ("BoN curve (N=1..max)", "-", "0.35"), "oracle": ("oracle frontier", "--", "0.6")}
     for name, g in curves.groupby("curve"):
@@ -88,7 +88,7 @@ def plot_verifier_auroc(points: pd.DataFrame, ni_margin: float | None = None, ti
     are two-sided CIs; a filled marker is non-inferior to BoN. Vertical lines: chance (0.5) and
     the within-question AUROC of the token count alone (the baseline a verifier must beat).
 
-    ``points``: :func:`optscale.evaluation.verifier_auroc_points`; ``ni_margin`` draws the
+    ``points``: :func:`optscale.evaluation.verifier_auroc.verifier_auroc_points`; ``ni_margin`` draws the
     non-inferiority margin (−margin) on the accuracy row."""
     datasets = list(dict.fromkeys(points["dataset"]))
     ncol = max(1, len(datasets))

@@ -1,4 +1,4 @@
-"""Live mode: the replay policies drive a :class:`optscale.samplers.Sampler` online.
+"""Live mode: the replay policies drive a :class:`optscale.sampling.Sampler` online.
 
 For each question the sampler is asked for ``chunk`` samples at a time (chunk ``c`` uses seed
 ``derive_seed(seed, dataset, question id, "chunk", c)``); each sample is graded (with its
@@ -9,7 +9,7 @@ last chunk) and ``tokens_charged`` (what the policy consumed, as in replay). Wit
 two agree except for DeepConf's cut traces (a chunked sampler cannot cut a trace mid-way).
 
 :func:`run_live_concurrent` submits every question at once to a sampler with an async API
-(:class:`optscale.samplers.openai_compat.OpenAICompatSampler`): question ``p`` is one request for
+(:class:`optscale.sampling.openai_compat.OpenAICompatSampler`): question ``p`` is one request for
 ``max_N`` samples seeded ``chunk_seed(seed, p, 0)`` (the stream ``run_live(..., chunk=max_N)`` and
 ``question_samples(..., chunk=max_N)`` see), each question has its own policy, samples are shown
 to it in sample-index order as they arrive, and once it stops the sampler is told to ``cancel``
@@ -23,17 +23,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import Problem
-from .grading import Grader, default_grader
-from .policies import Policy, QuestionContext, Sample, group_confidences
-from .samplers.base import Completion, SampleRequest, Sampler, derive_seed, run_coroutine_sync
+from ..data.benchmarks import Problem
+from ..data.grading import Grader, default_grader
+from ..policies import Policy, QuestionContext, Sample, group_confidences
+from ..sampling.base import Completion, SampleRequest, Sampler, derive_seed, run_coroutine_sync
 
 __all__ = ["OnlineClasses", "chunk_seed", "run_live", "run_live_concurrent", "question_samples"]
 
 
 class OnlineClasses:
     """Equivalence classes built as answers arrive, by the grader's own rule
-    (:meth:`optscale.grading.Grader.classes`: compare with each class representative, an
+    (:meth:`optscale.data.grading.Grader.classes`: compare with each class representative, an
     unresolved comparison leaves the answer in its own class; label = index of the first member).
     That rule labels each answer from the earlier ones only, so the label of the newest answer of
     the stream so far is its label in the whole stream (the grader's caches make the repeat cheap)."""

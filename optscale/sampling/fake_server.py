@@ -17,7 +17,7 @@ scripted:
 Every wait loop is bounded (``max_wait_s``) and polls the kill flag, so no test can leave a thread
 spinning. Run one as a process for command-line experiments::
 
-    python -m optscale.samplers.fake_server --port 8101 --latency 0.2 --slots 4 [--fail-rate 0.3 | --hang]
+    python -m optscale.sampling.fake_server --port 8101 --latency 0.2 --slots 4 [--fail-rate 0.3 | --hang]
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ class FakeOpenAIServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m optscale.samplers.fake_server", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m optscale.sampling.fake_server", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--latency", type=float, nargs="+", default=[0.2], help="seconds, or LOW HIGH")

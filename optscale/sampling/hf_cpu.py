@@ -26,7 +26,7 @@ class HFSampler(Sampler):
         self.config = config
         self.device = device
         if model is None:
-            from ..hf_models import load_causal_lm
+            from .hf_models import load_causal_lm
 
             model, tokenizer = load_causal_lm(config.model, config.dtype, device)
         self.model, self.tokenizer = model, tokenizer

@@ -1,7 +1,7 @@
 """Load causal LMs for transformers on CPU (or GPU), shared by the sampler and the LM judge.
 
 ``load_causal_lm("qwen2.5-coder-0.5b-instruct-q4")`` assembles the embedded GGUF (see
-:mod:`optscale.model_files`), lets transformers dequantise it (``gguf_file=``, ~35 s here) and
+:mod:`optscale.sampling.model_files`), lets transformers dequantise it (``gguf_file=``, ~35 s here) and
 saves the result once as safetensors in the cache, so later loads take a few seconds. Any other
 name is a local directory or a hub id (hub access is not available on the default machines).
 """

@@ -41,8 +41,8 @@ __all__ = ["LlamaCppSampler", "resolve_gguf"]
 
 def resolve_gguf(model: str) -> Path:
     """The GGUF file for ``sampling.model``: an embedded model's name or a ``.gguf`` path."""
-    from ..hf_models import EMBEDDED_MODELS
-    from ..model_files import assemble_gguf
+    from .hf_models import EMBEDDED_MODELS
+    from .model_files import assemble_gguf
 
     if model in EMBEDDED_MODELS:
         return assemble_gguf(EMBEDDED_MODELS[model])
@@ -116,13 +116,13 @@ class LlamaCppSampler(Sampler):
     def tokenizer(self) -> Any:
         """The Hugging Face tokenizer whose chat template formats prompts (as the other backends)."""
         if self._tokenizer is None:
-            from .openai_compat import load_chat_tokenizer
+            from .convert import load_chat_tokenizer
 
             self._tokenizer = load_chat_tokenizer(self.config.model)
         return self._tokenizer
 
     def describe(self) -> dict[str, Any]:
-        from ..model_files import gguf_summary
+        from .model_files import gguf_summary
 
         c = self.config
         meta = gguf_summary(self.gguf)

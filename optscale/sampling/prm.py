@@ -2,7 +2,7 @@
 
 How the model is used, following its model card and the paper's ``prm_scoring.py``:
 
-- the sample is split into steps at blank lines (:func:`optscale.grading.split_steps`), the
+- the sample is split into steps at blank lines (:func:`optscale.data.grading.split_steps`), the
   steps are joined with the separator token ``<extra_0>`` and one more separator ends the last
   step;
 - the conversation ``[system: "Please reason step by step, and put your final answer within
@@ -28,9 +28,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from .config import ScoringConfig
-from .grading import split_steps
-from .samplers.base import Completion
+from ..config import ScoringConfig
+from ..data.grading import split_steps
+from .base import Completion
 from .scorers import Scorer, ScoreResult, aggregate_steps
 
 __all__ = ["PRMScorer", "prm_model_class", "build_prm_conversation", "STEP_SEPARATOR", "PRM_SYSTEM_PROMPT"]
@@ -130,7 +130,7 @@ class PRMScorer(Scorer):
             "scorer": self.name,
             "model": self.config.prm_model,
             "aggregation": self.config.aggregation,
-            "steps": "split at blank lines (optscale.grading.split_steps), joined with <extra_0>",
+            "steps": "split at blank lines (optscale.data.grading.split_steps), joined with <extra_0>",
             "step_reward": "softmax(reward head)[positive] at each <extra_0>",
             "system_prompt": PRM_SYSTEM_PROMPT,
             "dtype": self.dtype,

@@ -19,7 +19,7 @@ Registered names (``SCORERS``):
   mean ``C`` over sliding windows of ``scoring.conf_window`` tokens, and the mean ``C`` of the last
   ``scoring.tail_tokens`` tokens, mapped to [0, 1) by ``C / (1 + C)`` (monotone, so rankings and
   AUROC are those of ``C``; typical C of 2-10 land in 0.67-0.91). No extra compute.
-- ``prm``: Qwen2.5-Math-PRM-style reward model (GPU path; see ``optscale.prm``).
+- ``prm``: Qwen2.5-Math-PRM-style reward model (GPU path; see ``optscale.sampling.prm``).
 
 All step-score aggregations live in :func:`aggregate_steps`.
 """
@@ -33,13 +33,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ScoringConfig
-from .grading import split_steps
-from .registry import Registry
-from .samplers.base import Completion, load_prompt_template
+from ..config import ScoringConfig
+from ..data.grading import split_steps
+from ..registry import Registry
+from .base import Completion, load_prompt_template
 
 __all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
-           "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer", "JUDGES", "build_judge"]
+           "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer", "JUDGES", "build_judge",
+           "build_scorers"]
 
 SCORERS: Registry = Registry("scorer")
 
@@ -91,7 +92,7 @@ def build_judge(config: Any, sampler: Any = None, name: str = "lm-judge") -> Sco
     """The profile's LM judge (``lm-judge`` or ``answer-judge``) next to ``sampler``: it shares the
     sampler's transformers model when the sampler has one in this process (hf-cpu) and that model
     is ``scoring.judge_model``; otherwise (llama.cpp, endpoints, vLLM, or another judge model) it
-    loads ``scoring.judge_model`` with transformers (:func:`optscale.hf_models.load_causal_lm`).
+    loads ``scoring.judge_model`` with transformers (:func:`optscale.sampling.hf_models.load_causal_lm`).
     ``config``: the whole profile (its ``sampling`` and ``scoring`` sections)."""
     if name not in JUDGES:
         raise ValueError(f"build_judge: {name!r} is not an LM judge; choose one of {JUDGES}")
@@ -275,7 +276,7 @@ class LowestGroupConfidenceScorer(_TraceConfidenceScorer):
                 "definition": "C / (1 + C), C = min over sliding windows of the mean C_t, C_t = -mean top-k log-prob"}
 
     def trace_confidence(self, conf: np.ndarray) -> float:
-        from .policies import lowest_group_confidence
+        from ..policies import lowest_group_confidence
 
         return lowest_group_confidence(-conf, self.config.conf_window)
 
@@ -292,4 +293,15 @@ class TailConfidenceScorer(_TraceConfidenceScorer):
         return float(conf[-self.config.tail_tokens:].mean())
 
 
-SCORERS.register("prm", "optscale.prm:PRMScorer")
+SCORERS.register("prm", "optscale.sampling.prm:PRMScorer")
+
+
+def build_scorers(cfg, sampler, names=None):
+    """The profile's scorers (or ``names`` among them); an LM judge shares the sampler's model
+    when the sampler has one in this process (:func:`build_judge`)."""
+    out = []
+    for name in cfg.scoring.scorers:
+        if names is not None and name not in names:
+            continue
+        out.append(build_judge(cfg, sampler, name) if name in JUDGES else get_scorer(name, cfg.scoring))
+    return out

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .pools import Pool
+from ..data.pools import Pool
 
 __all__ = ["FEATURES", "feature_matrix", "fit_combination", "combined_scores", "add_combined_score"]
 
@@ -98,7 +98,7 @@ def combined_scores(pool: Pool, model: dict[str, Any]) -> np.ndarray:
 
 def add_combined_score(path: str | Path, model_path: str | Path, name: str = "combined") -> Path:
     """Write ``score__<name>`` (and one-step ``step_scores__<name>``) into the pool at ``path``."""
-    from .pools import read_pool, write_score_column
+    from ..data.pools import read_pool, write_score_column
 
     model = json.loads(Path(model_path).read_text())
     s = combined_scores(read_pool(path, allow_partial_scores=True), model)

@@ -13,13 +13,13 @@ holds the BOS token (letting vLLM tokenize the text would add a second BOS for L
 tokenizers such as DeepSeek-R1-Distill's). ``request.prefix`` is appended after the template, so
 generation continues a partial assistant answer (particle filtering).
 
-Every field of :class:`~optscale.samplers.base.Completion` comes from vLLM's outputs: the token
+Every field of :class:`~optscale.sampling.base.Completion` comes from vLLM's outputs: the token
 count is ``len(output.token_ids)``, the chosen token's log-prob and the top-k log-probs come from
 ``output.logprobs`` (vLLM returns log-probs of the raw model distribution, before temperature
 and top-p, by default), and the token end offsets from the decoded tokens.
 
 vLLM is imported only when the sampler is built; without vLLM or CUDA the constructor raises a
-:class:`~optscale.samplers.base.SamplerError` that says what is missing. Tests inject a fake
+:class:`~optscale.sampling.base.SamplerError` that says what is missing. Tests inject a fake
 ``llm`` and ``sampling_params_cls`` (the conversion code is the same).
 """
 
@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from ..config import SamplingConfig
 from .base import Completion, SampleRequest, Sampler, SamplerError, load_prompt_template
-from .openai_compat import char_ends_from_tokens, topk_mean
+from .convert import char_ends_from_tokens, topk_mean
 
 __all__ = ["VLLMSampler", "sampling_params_kwargs", "completions_from_vllm_output", "require_vllm"]
 

@@ -268,8 +268,8 @@ def generate_revision_chains(sampler: Any, problems: Sequence[Any], rounds: int,
     round ``t - 1`` solution through ``revise_template`` and samples a new one. Returns one row
     per (question, chain, round): ``question_id, chain, round, text, answer, correct, n_tokens,
     finish_reason``. Seeds derive from ``seed``, question id, chain and round."""
-    from .grading import grade
-    from .samplers.base import SampleRequest, derive_seed
+    from ..data.grading import grade
+    from ..sampling.base import SampleRequest, derive_seed
 
     rows = []
     for p in problems:

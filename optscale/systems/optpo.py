@@ -3,7 +3,7 @@ the retained rollouts.
 
 Sequential vote (pure functions, importable by ``optscale.policies``). Rollouts of one
 question arrive one at a time; their final answers are grouped into equivalence classes
-(:func:`optscale.grading.answer_classes`). After each rollout let ``n_1 >= n_2`` be the vote
+(:func:`optscale.data.grading.answer_classes`). After each rollout let ``n_1 >= n_2`` be the vote
 counts of the leading and the runner-up class (``n_2 = 0`` while only one answer was seen).
 With a symmetric ``Beta(prior, prior)`` prior on the leader's share ``theta`` of the two-way
 contest, the posterior is ``Beta(prior + n_1, prior + n_2)`` and
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import special
 
-from .grading import answer_classes, is_equivalent
+from ..data.grading import answer_classes, is_equivalent
 
 __all__ = [
     "consensus_posterior",
@@ -149,8 +149,8 @@ def collect_rollouts(sampler: Any, problems: Sequence[Any], template: str, thres
 
     Rollouts beyond the stop inside the last chunk are discarded and not counted as used
     (with ``chunk=1`` there are none); their tokens are reported as ``tokens_drawn``."""
-    from .grading import grade
-    from .samplers.base import SampleRequest, derive_seed
+    from ..data.grading import grade
+    from ..sampling.base import SampleRequest, derive_seed
 
     rollouts: list[Rollout] = []
     summary: list[dict] = []
@@ -278,9 +278,9 @@ def evaluate_greedy(model: Any, tokenizer: Any, sampling_config: Any, problems: 
     ``question_id, answer, correct, n_tokens, finish_reason`` (a truncated answer is graded as one)."""
     import dataclasses
 
-    from .grading import grade
-    from .samplers.base import SampleRequest
-    from .samplers.hf_cpu import HFSampler
+    from ..data.grading import grade
+    from ..sampling.base import SampleRequest
+    from ..sampling.hf_cpu import HFSampler
 
     cfg = dataclasses.replace(sampling_config, temperature=0.0)
     s = HFSampler(cfg, model=model, tokenizer=tokenizer)
@@ -334,7 +334,7 @@ def replay_sequential_vote(labels: np.ndarray, correct: np.ndarray, orders: np.n
 
     ``labels``, ``correct``: (questions, n) from :func:`pool_class_labels` and ``Pool.correct()``
     (a class label is the index of its first member, so ``correct[i, label]`` is the class's
-    correctness); ``orders``: (orders, questions, n) from :func:`optscale.pools.replay_orders`;
+    correctness); ``orders``: (orders, questions, n) from :func:`optscale.data.pools.replay_orders`;
     ``budget`` caps the stream (default n). Returns (orders, questions) arrays ``n_used``,
     ``sprt_correct`` (the stopped vote's class is correct) and ``fixed_correct`` (majority over
     all ``budget`` samples, ties to the class seen first in the stream)."""

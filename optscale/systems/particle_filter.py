@@ -15,7 +15,7 @@ plays the role of the observation likelihood. Each step:
 
 The loop ends when every particle has finished (EOS) or after ``max_steps`` steps. The answer
 is the particle with the highest final reward (``best``) or the answer class with the largest
-total weight (``weighted-vote``; classes by :func:`optscale.grading.answer_classes`). A particle
+total weight (``weighted-vote``; classes by :func:`optscale.data.grading.answer_classes`). A particle
 that did not end with EOS (cut at ``max_tokens``, or still open when the steps ran out) is graded
 as a truncated sample: only a stated answer counts (:attr:`Particle.answer`).
 
@@ -32,10 +32,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .grading import answer_classes, extract_answer, is_equivalent
-from .registry import Registry
-from .samplers.base import Completion, SampleRequest, derive_seed
-from .scorers import aggregate_steps
+from ..data.grading import answer_classes, extract_answer, is_equivalent
+from ..registry import Registry
+from ..sampling.base import Completion, SampleRequest, derive_seed
+from ..sampling.scorers import aggregate_steps
 
 __all__ = [
     "RESAMPLERS",
@@ -115,7 +115,7 @@ class Particle:
     @property
     def answer(self) -> str | None:
         """The stated answer; the last-number fallback only for a finished particle (the grading
-        rule for truncated samples, :func:`optscale.grading.extract_answer`)."""
+        rule for truncated samples, :func:`optscale.data.grading.extract_answer`)."""
         return extract_answer(self.text, finished=self.finished)
 
 
@@ -134,7 +134,7 @@ ScoreFn = Callable[[str, Sequence[str]], list[tuple[float, ...]]]
 
 
 def scorer_step_fn(scorer: Any) -> ScoreFn:
-    """Adapt an :class:`optscale.scorers.Scorer` to ``fn(question, texts) -> step scores``."""
+    """Adapt an :class:`optscale.sampling.scorers.Scorer` to ``fn(question, texts) -> step scores``."""
 
     def fn(question: str, texts: Sequence[str]) -> list[tuple[float, ...]]:
         comps = [Completion(text=t, n_tokens=0, finish_reason="length", seed=0) for t in texts]
@@ -224,12 +224,12 @@ def pool_baseline_curves(scores: np.ndarray, correct: np.ndarray, labels: np.nda
     averaged over replay orders.
 
     ``scores``, ``correct``, ``labels``: (questions, n) pool arrays (labels from
-    :func:`optscale.optpo.pool_class_labels`: index of the class's first member, -1 = no
+    :func:`optscale.systems.optpo.pool_class_labels`: index of the class's first member, -1 = no
     answer, so ``correct[i, label]`` is the class's correctness); ``orders``:
     (orders, questions, n). Vote ties go to the class seen first in the stream.
     Returns ``{method: (len(ns), questions)}`` for ``bon``, ``weighted-vote``, ``majority``."""
     from .optpo import _class_tallies
-    from .pools import subsample
+    from ..data.pools import subsample
 
     q = scores.shape[0]
     corr = np.broadcast_to(correct.astype(bool), orders.shape[:1] + correct.shape)
@@ -300,7 +300,7 @@ def load_pool_arrays(config: Any, dataset: str, scorer: str | None = None,
     if given, only ``question_ids``. Returns ``scores, correct, tokens, labels`` as
     (questions, n) arrays, ``question_ids``, ``describe`` (for captions) and ``pool``."""
     from .optpo import pool_class_labels
-    from .pools import PoolError, pool_path, read_pool
+    from ..data.pools import PoolError, pool_path, read_pool
 
     scorer = scorer or config.scoring.primary
     path = pool_path(config, dataset)
@@ -323,7 +323,7 @@ def load_pool_arrays(config: Any, dataset: str, scorer: str | None = None,
     if not keep:
         print(f"note: {dataset} pool has no fully scored question{' among the requested ones' if question_ids else ''}; skipped")
         return None
-    from .pools import Pool
+    from ..data.pools import Pool
 
     sub = Pool(pool.df[pool.df["question_id"].isin(keep)].reset_index(drop=True), dict(pool.meta), pool.path)
     n = sub.n_per_question

@@ -34,6 +34,8 @@ from typing import Callable
 
 import numpy as np
 
+from .truncnorm import truncnorm_cdf
+
 __all__ = [
     "BoundError",
     "confidence_at",
@@ -193,8 +195,6 @@ def n_star(mu, sigma, s_star, delta, max_N: int = 64, n_min: int = 1):
     All arguments broadcast (e.g. mu, sigma of shape (Q, 1) against deltas of shape (D,)).
     Returns ``(N, reachable)`` as :func:`required_samples`. ``s*`` outside [0, 1] (scores live
     there), ``sigma <= 0`` and NaN or infinite ``mu`` / ``sigma`` raise :class:`BoundError`."""
-    from .fits import truncnorm_cdf
-
     _check_prob("s*", np.asarray(s_star, dtype=float))
     for name, x, positive in (("mu", np.asarray(mu, dtype=float), False), ("sigma", np.asarray(sigma, dtype=float), True)):
         bad = ~np.isfinite(x) | ((x <= 0) if positive else False)

@@ -1,0 +1,127 @@
+"""The normal(mu, sigma) truncated to [0, 1]: CDF, quantiles, log density, moments and the
+log-likelihood from sufficient statistics, all numerically stable in both tails and broadcasting.
+
+Shared by the bound (:func:`optscale.theory.bounds.n_star`) and the fits
+(:mod:`optscale.theory.fits`). ``mu`` and ``sigma`` are the parameters of the *untruncated*
+normal; invalid parameters raise :class:`FitError`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+__all__ = ["FitError", "truncnorm_cdf", "truncnorm_ppf", "truncnorm_logpdf", "truncnorm_moments",
+           "truncnorm_loglik_stats"]
+
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+class FitError(ValueError):
+    """Scores that cannot be fit (NaN, outside [0, 1], no usable score)."""
+
+
+def _ab(mu, sigma):
+    mu = np.asarray(mu, dtype=float)
+    sigma = np.asarray(sigma, dtype=float)
+    if np.isnan(mu).any() or np.isnan(sigma).any() or (sigma <= 0).any() or np.isinf(sigma).any():
+        raise FitError("truncnorm: mu must be a number and sigma a finite positive number")
+    return (0.0 - mu) / sigma, (1.0 - mu) / sigma, mu, sigma
+
+
+def truncnorm_cdf(x, mu, sigma):
+    """CDF of the normal(mu, sigma) truncated to [0, 1], at ``x``. All arguments broadcast;
+    0 below 0 and 1 above 1. Computed as ``exp(log mass(a, z) - log mass(a, b))`` with
+    ``scipy.special.log_ndtr`` (stable far in the tails, e.g. the reference's mu = 139; ~10x
+    faster than ``scipy.stats.truncnorm.cdf``, equal to it to ~1e-15 in the tests)."""
+    a, b, mu, sigma = _ab(mu, sigma)
+    x = np.asarray(x, dtype=float)
+    if np.isnan(x).any():
+        raise FitError("truncnorm_cdf: x contains NaN")
+    z = (np.clip(x, 0.0, 1.0) - mu) / sigma
+    a, z, b = np.broadcast_arrays(a, z, b)
+    inside = z > a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        F = np.exp(_log_mass(a, np.where(inside, z, b)) - _log_mass(a, b))
+    return np.clip(np.where(inside, F, 0.0), 0.0, 1.0)
+
+
+def truncnorm_ppf(q, mu, sigma):
+    """Quantile function of the normal(mu, sigma) truncated to [0, 1]; ``q`` in [0, 1]; broadcasts.
+
+    Inverse transform ``mu + sigma * ndtri(Phi(a) + q Z)`` (mirrored when both ends lie in the
+    upper tail); entries where that loses precision (mass below 1e-200 or a result outside
+    [0, 1]) fall back to ``scipy.stats.truncnorm.ppf``."""
+    a, b, mu, sigma = _ab(mu, sigma)
+    q = np.asarray(q, dtype=float)
+    q, a, b, mu, sigma = np.broadcast_arrays(q, a, b, mu, sigma)
+    upper = a > 0
+    lo = special.ndtr(np.where(upper, -b, a))
+    hi = special.ndtr(np.where(upper, -a, b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(upper, -special.ndtri(hi - q * (hi - lo)), special.ndtri(lo + q * (hi - lo)))
+        x = mu + sigma * z
+    bad = ~np.isfinite(x) | (x < -1e-12) | (x > 1 + 1e-12) | (hi - lo < 1e-200)
+    if bad.any():
+        x = x.copy()
+        x[bad] = stats.truncnorm.ppf(q[bad], a[bad], b[bad], loc=mu[bad], scale=sigma[bad])
+    return np.clip(x, 0.0, 1.0)
+
+
+def truncnorm_logpdf(x, mu, sigma):
+    """Log density on [0, 1] (``-inf`` outside); broadcasts."""
+    a, b, mu, sigma = _ab(mu, sigma)
+    return stats.truncnorm.logpdf(np.asarray(x, dtype=float), a, b, loc=mu, scale=sigma)
+
+
+def truncnorm_moments(mu, sigma):
+    """``(mean, std)`` of the normal(mu, sigma) truncated to [0, 1]; broadcasts."""
+    a, b, mu, sigma = _ab(mu, sigma)
+    a, b, mu, sigma = np.broadcast_arrays(a, b, mu, sigma)
+    ra, rb, _ = _mills(a, b)
+    m1 = ra - rb  # E[z]
+    var_z = 1.0 + a * ra - np.where(np.isinf(b), 0.0, b * rb) - m1**2
+    var_z = np.where(np.isinf(a), 1.0 - np.where(np.isinf(b), 0.0, b * rb) - m1**2, var_z)
+    mean = mu + sigma * m1
+    std = sigma * np.sqrt(np.clip(var_z, 0.0, None))
+    return mean, std
+
+
+def _log_mass(a, b):
+    """log(Phi(b) - Phi(a)) for a < b, stable in both tails."""
+    a, b = np.broadcast_arrays(np.asarray(a, float), np.asarray(b, float))
+    upper = a > 0  # both in the upper tail: use the mirrored form Phi(-a) - Phi(-b)
+    hi = np.where(upper, -a, b)
+    lo = np.where(upper, -b, a)
+    lhi, llo = special.log_ndtr(hi), special.log_ndtr(lo)
+    return lhi + np.log(-np.expm1(llo - lhi))
+
+
+def _mills(a, b):
+    """``(phi(a)/Z, phi(b)/Z, log Z)`` with ``Z = Phi(b) - Phi(a)``, computed in log space."""
+    logz = _log_mass(a, b)
+    ra = np.exp(-0.5 * a**2 - _LOG_SQRT_2PI - logz)
+    rb = np.exp(-0.5 * b**2 - _LOG_SQRT_2PI - logz)
+    return ra, rb, logz
+
+
+def truncnorm_loglik_stats(mu, sigma, n, mean, ss):
+    """Truncated-normal log-likelihood from sufficient statistics: ``n`` scores with sample
+    ``mean`` and ``ss = sum (x - mean)^2`` (centred, for float precision). All broadcast, e.g.
+    (Q,). Equals ``truncnorm_logpdf(x, mu, sigma).sum()``."""
+    nll, _, _ = _tn_nll_grad(np.asarray(mu, float), np.log(np.asarray(sigma, float)),
+                             np.asarray(n, float), np.asarray(mean, float), np.asarray(ss, float))
+    return -nll
+
+
+def _tn_nll_grad(mu, log_sigma, n, mean, ss):
+    """Negative log-likelihood per question and its gradient in ``(mu, log sigma)``."""
+    sigma = np.exp(log_sigma)
+    a, b = -mu / sigma, (1.0 - mu) / sigma
+    ra, rb, logz = _mills(a, b)
+    quad = ss + n * (mean - mu) ** 2  # sum (x - mu)^2
+    nll = quad / (2.0 * sigma**2) + n * (log_sigma + _LOG_SQRT_2PI + logz)
+    g_mu = -n * (mean - mu) / sigma**2 + n * (ra - rb) / sigma
+    g_ls = -quad / sigma**2 + n + n * (a * ra - b * rb)
+    return nll, g_mu, g_ls

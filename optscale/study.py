@@ -38,7 +38,7 @@ from .data.benchmarks import load_benchmark
 from .data.selection import select_questions
 
 __all__ = ["STUDY_DIR", "load_arms", "arm_config", "study_problems", "run_study", "study_table", "score_study",
-           "verifier_table", "combine_study", "study_caption", "plot_study", "main"]
+           "verifier_table", "aggregate_study", "combine_study", "study_caption", "plot_study", "main"]
 
 STUDY_DIR = PROJECT_ROOT / "data" / "study"
 CODE = re.compile(r"```|\bdef \w+\(|\bprint\(|\bimport \w+")
@@ -233,9 +233,40 @@ def verifier_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY
                     "mixed_questions": r[f"auroc_within_questions_{sc}"],
                     "bon_gain": r.get(f"bon_gain__{sc}", np.nan), "bon_gain_lo": r.get(f"bon_gain__{sc}_lo", np.nan),
                     "bon_gain_hi": r.get(f"bon_gain__{sc}_hi", np.nan),
-                    "cpu_s_per_sample": cost.get((pool.dataset, sc), 0.0),
+                    # a derived column (aggregate_study) costs what its source scorer cost
+                    "cpu_s_per_sample": cost.get((pool.dataset, pool.meta.get("scorers", {}).get(sc, {})
+                                                  .get("source_scorer", sc)), 0.0),
                 })
     return pd.DataFrame(rows)
+
+
+def aggregate_study(arm: str, scorer: str, hows: Sequence[str], out_dir: Path = STUDY_DIR) -> list[str]:
+    """Write ``<scorer>-<how>`` columns that aggregate a step-scored verifier's stored step scores
+    another way (e.g. the per-step LM judge by its ``min`` or ``last`` step, besides the ``mean``
+    it was scored with), so the verifier table reports each aggregation. No model is run."""
+    from .data.pools import read_pool, write_score_column
+    from .sampling.scorers import aggregate_steps
+
+    written = []
+    paths = sorted((out_dir / arm).glob("*.parquet"))
+    for path in paths:
+        df = read_pool(path, allow_partial_scores=True).df
+        col = f"step_scores__{scorer}"
+        if col not in df:
+            continue
+        missing = df[col].isna() if df[col].dtype != object else df[col].map(lambda v: v is None or len(v) == 0)
+        if missing.any():
+            row = int(np.flatnonzero(missing.to_numpy())[0])
+            raise ValueError(f"{path}: row {row}: field {col!r} is empty: score {scorer!r} on every sample first")
+        for how in hows:
+            name = f"{scorer}-{how}"
+            scores = np.array([aggregate_steps(v, how) for v in df[col]])
+            write_score_column(path, name, scores, {"scorer": name, "source_scorer": scorer, "aggregation": how,
+                                                    "definition": f"{how} of {scorer}'s stored step scores"})
+            written.append(f"{path.stem}:{name}")
+    if not written:
+        raise ValueError(f"no pool of arm {arm!r} under {out_dir} has step scores of {scorer!r}")
+    return written
 
 
 def combine_study(arm: str, features: Sequence[str], folds: int = 5, seed: int = 0,
@@ -334,6 +365,10 @@ def main(argv=None) -> int:
     sc.add_argument("--judge-model", default="", help="scoring.judge_model for lm-judge / answer-judge")
     sc.add_argument("--datasets", default="")
     sc.add_argument("--hours", type=float, default=0)
+    ag = sub.add_parser("aggregate", help="add other aggregations of a step-scored verifier (no model run)")
+    ag.add_argument("--arm", required=True)
+    ag.add_argument("--scorer", default="lm-judge")
+    ag.add_argument("--how", default="min,last", help="comma-separated: mean|min|last|prod")
     cb = sub.add_parser("combine", help="fit the logistic-regression combination of verifier features")
     cb.add_argument("--arm", required=True)
     cb.add_argument("--features", required=True, help="e.g. self-certainty,tail-confidence,answer-judge,log-tokens")
@@ -351,6 +386,9 @@ def main(argv=None) -> int:
     if args.cmd == "score":
         score_study(args.arms.split(","), args.scorers.split(","), args.judge_model or None,
                     args.datasets.split(",") if args.datasets else None, hours=args.hours)
+        return 0
+    if args.cmd == "aggregate":
+        print("\n".join(aggregate_study(args.arm, args.scorer, args.how.split(","))))
         return 0
     if args.cmd == "combine":
         model = combine_study(args.arm, args.features.split(","), folds=args.folds)

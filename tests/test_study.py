@@ -101,3 +101,28 @@ def test_a_pool_is_never_resumed_under_another_sampling_setting(study_dir):
         arms["a"].pop("sampling.system_prompt")
         (study_dir / "arms.yaml").write_text(yaml.safe_dump(arms))
         run_study(["a"], ["gsm8k"], questions=3, samples=2, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)
+
+
+def test_step_scored_verifier_is_reaggregated_by_min_and_last(study_dir):
+    from optscale.data.pools import open_score_column, read_pool, write_pool
+    from optscale.study import aggregate_study
+
+    run_study(["a"], ["gsm8k"], questions=3, samples=4, caps={"gsm8k": 32}, offset=400, out_dir=study_dir)
+    path = study_dir / "a" / "gsm8k.parquet"
+    with pytest.raises(ValueError, match="no pool of arm 'a'.*'judge'"):
+        aggregate_study("a", "judge", ["min"], out_dir=study_dir)
+    df, meta, _ = open_score_column(path, "judge", {"scorer": "judge"})
+    steps = [[0.9, 0.2 + 0.05 * i, 0.6 - 0.04 * i] for i in range(len(df))]
+    df["step_scores__judge"] = steps
+    df["score__judge"] = [float(np.mean(s)) for s in steps]
+    write_pool(df, meta, path, allow_partial_scores=True)
+    (study_dir / "a" / "scoring.jsonl").write_text(json.dumps(
+        {"dataset": "gsm8k", "scorer": "judge", "samples": len(df), "seconds": 6.0, "cpu_seconds": 3.0 * len(df)}) + "\n")
+
+    assert aggregate_study("a", "judge", ["min", "last"], out_dir=study_dir) == ["gsm8k:judge-min", "gsm8k:judge-last"]
+    pool = read_pool(path)
+    assert np.allclose(pool.df["score__judge-min"], [min(s) for s in steps])
+    assert np.allclose(pool.df["score__judge-last"], [s[-1] for s in steps])
+    assert pool.meta["scorers"]["judge-last"]["source_scorer"] == "judge"
+    cost = verifier_table(["a"], out_dir=study_dir, reps=50, orders=10).set_index("verifier")["cpu_s_per_sample"]
+    assert cost["judge-min"] == cost["judge-last"] == cost["judge"] == 3.0

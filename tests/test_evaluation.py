@@ -133,25 +133,33 @@ if "spy-test" not in POLICIES:
     POLICIES.register("spy-test", _Spy)
 
 
-def test_tuning_never_sees_the_test_split(monkeypatch):
-    d = small_pool(Q=30)
-    calib_idx, test_idx = split_questions(d.question_ids, 0.5, seed=4)
-    test_ids = set(d.question_ids[test_idx])
-    seen_in_tuning = []
+@pytest.fixture()
+def tuning_spy(monkeypatch):
+    """Records, for each call of the protocol's ``tune``, the question ids it was given
+    (``tuned``) and the ones the spy policy was reset on while tuning (``reset``)."""
+    seen = {"tuned": [], "reset": []}
     real_tune = protocol.tune
 
     def spy_tune(name, calib, *a, **k):
-        seen_in_tuning.append(set(calib.question_ids))
+        seen["tuned"].append(set(calib.question_ids))
         _Spy.reset_ids.clear()
         out = real_tune(name, calib, *a, **k)
-        seen_in_tuning.append(set(_Spy.reset_ids))
+        seen["reset"].append(set(_Spy.reset_ids))
         return out
 
     monkeypatch.setattr(protocol, "tune", spy_tune)
     _Spy.prepared.clear()
+    return seen
+
+
+def test_tuning_never_sees_the_test_split(tuning_spy):
+    d = small_pool(Q=30)
+    calib_idx, test_idx = split_questions(d.question_ids, 0.5, seed=4)
+    test_ids = set(d.question_ids[test_idx])
     res = evaluate(d, policies=["spy-test"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
                       protocol="calibrated", verbose=False)
-    assert seen_in_tuning and all(s.isdisjoint(test_ids) for s in seen_in_tuning)
+    seen_in_tuning = tuning_spy["tuned"] + tuning_spy["reset"]
+    assert tuning_spy["tuned"] and all(s.isdisjoint(test_ids) for s in seen_in_tuning)
     assert _Spy.prepared and all(s.isdisjoint(test_ids) for s in _Spy.prepared)
     assert set(res.logs["question_id"]) == test_ids
     assert set(res.summary["test_questions"]) == {len(test_idx)}
@@ -215,27 +223,15 @@ def test_crossfit_folds_are_seeded_halves_covering_every_question_once():
         crossfit_folds(["q1", "q2", "q1"], seed=0)
 
 
-def test_crossfit_tunes_each_fold_on_the_other_half_and_reports_every_question_once(monkeypatch):
+def test_crossfit_tunes_each_fold_on_the_other_half_and_reports_every_question_once(tuning_spy):
     d = small_pool(Q=30)
     half_a, half_b = crossfit_folds(d.question_ids, seed=4)
     halves = [set(d.question_ids[half_a]), set(d.question_ids[half_b])]
-    tuned, reset_in_tuning = [], []
-    real_tune = protocol.tune
-
-    def spy_tune(name, calib, *a, **k):
-        tuned.append(set(calib.question_ids))
-        _Spy.reset_ids.clear()
-        out = real_tune(name, calib, *a, **k)
-        reset_in_tuning.append(set(_Spy.reset_ids))
-        return out
-
-    monkeypatch.setattr(protocol, "tune", spy_tune)
-    _Spy.prepared.clear()
     res = evaluate(d, policies=["spy-test", "bon"], split_seed=4, orders=3, tune_orders=2, bootstrap_reps=50,
                       verbose=False)
     assert res.protocol == "crossfit"
     # fold 1 is tuned (and prepared) on half B and reported on half A, fold 2 the other way round
-    assert tuned == [halves[1], halves[0]] and reset_in_tuning == [halves[1], halves[0]]
+    assert tuning_spy["tuned"] == [halves[1], halves[0]] and tuning_spy["reset"] == [halves[1], halves[0]]
     # prepared once per grid point while tuning and once before reporting, on the tuning half only
     assert _Spy.prepared == [halves[1]] * 3 + [halves[0]] * 3
     logs = res.logs[res.logs["policy"] == "spy-test"]

@@ -213,7 +213,10 @@ class LlamaCppSampler(Sampler):
                     s.output = 0  # the prompt's last token is output row 0 of that decode
                 # sample the first token of every sequence of this request from the same logits
                 self._step(group, n_outputs=1, shared=True)
-            active = [s for s in seqs if s.finish == "length" and len(s.tokens) < requests[s.request].max_new_tokens]
+            def running(s: _Sequence) -> bool:  # no EOS / stop string yet and under the token cap
+                return s.finish == "length" and len(s.tokens) < requests[s.request].max_new_tokens
+
+            active = [s for s in seqs if running(s)]
             # 2. one token per active sequence per decode
             while active:
                 b = self.batch.batch
@@ -228,13 +231,10 @@ class LlamaCppSampler(Sampler):
                     s.output = k
                 self._decode()
                 self._step(active, n_outputs=len(active), shared=False)
-                still = []
                 for s in active:
-                    if s.finish == "length" and len(s.tokens) < requests[s.request].max_new_tokens:
-                        still.append(s)
-                    else:
+                    if not running(s):
                         L.llama_memory_seq_rm(mem, s.slot, -1, -1)
-                active = still
+                active = [s for s in active if running(s)]
         finally:
             for s in seqs:
                 if s.chain is not None:

@@ -1,4 +1,8 @@
-"""The committed CPU pools (data/pools/) are complete, match their benchmarks and regrade the same.
+"""The committed CPU pools (data/pools/) match their benchmarks and profiles and regrade the same.
+
+Two pool sets: the ``cpu`` profile's (0.5B, complete) and the ``cpu-1.5b`` profile's (1.5B, committed
+in chunks while it is generated: each of its pools must hold the first k of the profile's seeded
+stratified question order, every sample of each; a benchmark not started yet is skipped).
 
 These check the artifacts every notebook reads: a pool that lost questions, was generated with
 another setting, or was graded by an older grader fails here, naming the benchmark and question.
@@ -13,27 +17,41 @@ from optscale.config import BENCHMARKS, load_config
 from optscale.data.benchmarks import load_benchmark
 from optscale.data.grading import GRADING_RULE_VERSION, grade
 from optscale.data.pools import pool_path, read_pool
+from optscale.data.selection import config_problems
 
 
-@pytest.fixture(scope="module")
-def cpu_config():
-    return load_config("cpu")
+PROFILES = ("cpu", "cpu-1.5b")
+COMPLETE = {"cpu"}  # pool sets that must be complete; the others are checked as a prefix
+CASES = [(profile, name) for profile in PROFILES for name in BENCHMARKS]
 
 
 @cache
-def committed_pool(name):
+def profile_config(profile):
+    return load_config(profile)
+
+
+@cache
+def committed_pool(profile, name):
     """Each committed pool, read (and validated) once for this module's tests."""
-    return read_pool(pool_path(load_config("cpu"), name))
+    path = pool_path(profile_config(profile), name)
+    if profile not in COMPLETE and not path.is_file():
+        pytest.skip(f"{profile}: no {name} pool committed yet ({path})")
+    return read_pool(path)
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
-def test_committed_pool_has_every_target_question_and_sample(name, cpu_config, data_dir):
-    pool = committed_pool(name)
-    limit = cpu_config.data.max_questions[name] or None
-    problems = load_benchmark(name, data_dir, limit=limit)
-    n = cpu_config.sampling.n_samples[name]
+@pytest.mark.parametrize("profile,name", CASES)
+def test_committed_pool_has_every_target_question_and_sample(profile, name, data_dir):
+    cfg = profile_config(profile)
+    pool = committed_pool(profile, name)
+    problems = config_problems(cfg, name, data_dir)
+    n = cfg.sampling.n_samples[name]
 
-    assert pool.question_ids == [p.id for p in problems], f"{name}: pool questions differ from the benchmark's"
+    if profile in COMPLETE:
+        assert pool.question_ids == [p.id for p in problems], f"{name}: pool questions differ from the benchmark's"
+    else:  # generated in the selection's order: a prefix of it, never more than the target
+        k = pool.n_questions
+        assert 0 < k <= len(problems) and pool.question_ids == [p.id for p in problems[:k]], (
+            f"{profile}/{name}: pool questions are not the first {k} of the profile's selection")
     per_question = pool.df.groupby("question_id", sort=False)["sample_index"].apply(sorted)
     wrong = {q: s for q, s in per_question.items() if s != list(range(n))}
     assert not wrong, f"{name}: questions without sample indices 0..{n - 1}: {list(wrong)[:5]}"
@@ -42,24 +60,29 @@ def test_committed_pool_has_every_target_question_and_sample(name, cpu_config, d
     bad_gold = pool.df[pool.df["gold"] != pool.df["question_id"].map(gold)]
     assert bad_gold.empty, f"{name}: gold differs from the benchmark file for {bad_gold['question_id'].unique()[:5]}"
 
-    sampling = pool.meta["sampling"]
+    sampling, want = pool.meta["sampling"], cfg.sampling
     assert pool.meta["n_samples"] == n
-    assert pool.meta["max_new_tokens"] == cpu_config.sampling.max_new_tokens[name]
+    assert pool.meta["max_new_tokens"] == want.max_new_tokens[name]
     assert (sampling["model"], sampling["temperature"], sampling["top_p"], sampling["seed"]) == (
-        cpu_config.sampling.model, cpu_config.sampling.temperature, cpu_config.sampling.top_p,
-        cpu_config.sampling.seed)
+        want.model, want.temperature, want.top_p, want.seed)
+    if profile not in COMPLETE:  # the keys a pool set begun after they existed must also match
+        assert (sampling["backend"], sampling["prompt_template"], sampling["top_k"], sampling["repetition_penalty"],
+                sampling["system_prompt"]) == (want.backend, want.prompt_template, want.top_k,
+                                               want.repetition_penalty, want.system_prompt)
     assert int(pool.df["n_tokens"].max()) <= pool.meta["max_new_tokens"]
-    assert set(cpu_config.scoring.scorers) <= set(pool.scorers)
-    for scorer in cpu_config.scoring.scorers:
+    # every scorer the profile names that is computed while sampling (the judge comes afterwards)
+    online = [sc for sc in cfg.scoring.scorers if profile in COMPLETE or sc in pool.scorers or "judge" not in sc]
+    assert set(online) <= set(pool.scorers), f"{profile}/{name}: scorers {set(online) - set(pool.scorers)} missing"
+    for scorer in online:
         s = pool.scores(scorer)
         assert np.isfinite(s).all() and (s >= 0).all() and (s <= 1).all(), f"{name}: {scorer} scores outside [0, 1]"
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
-def test_committed_pool_regrades_the_same(name):
+@pytest.mark.parametrize("profile,name", CASES)
+def test_committed_pool_regrades_the_same(profile, name):
     """The stored answer and correctness are what today's extraction + math-verify give (a
     truncated sample without a stated answer has none), and the metadata names today's rule."""
-    pool = committed_pool(name)
+    pool = committed_pool(profile, name)
     assert pool.meta.get("grading", {}).get("version", 1) == GRADING_RULE_VERSION, f"{name}: graded by an older rule"
     stored = zip(pool.matrix("question_id").ravel(), pool.matrix("sample_index").ravel(), pool.matrix("gold").ravel(),
                  pool.matrix("text").ravel(), pool.matrix("finish_reason").ravel(), pool.answers().ravel(),

@@ -281,3 +281,33 @@ def test_build_judge_shares_the_samplers_model_only_when_it_has_one(monkeypatch)
     assert build_judge(other, HFLike()).model is not own and loaded[-1] == "some-other-judge"
     with pytest.raises(ValueError, match="not an LM judge"):
         build_judge(cfg, HFLike(), "self-certainty")
+
+
+class LogprobSampler(ScriptedSampler):
+    """The scripted branches, with token log-probs: branch A's steps are confident (-0.1 per
+    token), branch B's are not (-1.0)."""
+
+    def generate(self, requests):
+        out = super().generate(requests)
+        for r, comps in zip(requests, out):
+            for c in comps:
+                branch = "A" if "branch A" in r.prefix + c.text or "{7}" in c.text else "B"
+                c.token_logprobs = [-0.1 if branch == "A" else -1.0] * c.n_tokens
+        return out
+
+
+def test_self_certainty_step_rewards_come_from_the_generators_log_probs():
+    res = pf.particle_filter("q", "prompt", LogprobSampler(depth=3), None, n_particles=8, max_steps=10,
+                             temperature=0.05, seed=0)
+    assert res.answer == "7" and all("branch A" in p.text for p in res.particles)
+    # one step score per generated step: exp(mean log-prob) of that step's tokens
+    assert all(np.allclose(p.step_scores, [np.exp(-0.1)] * 3) for p in res.particles)
+    flat = pf.particle_filter("q", "prompt", ScriptedSampler(depth=3), lambda q, t: [(0.5,)] * len(t), n_particles=8,
+                              max_steps=10, temperature=0.05, seed=0)
+    assert {("A" if "branch A" in p.text else "B") for p in flat.particles} == {"A", "B"}  # the reward decided
+    with pytest.raises(ValueError, match="log-prob per generated token: the sampler returned 0 for 5 tokens"):
+        pf.particle_filter("q", "prompt", ScriptedSampler(depth=3), None, n_particles=2, max_steps=2, seed=0)
+    bon = pf.live_bon("q", "prompt", LogprobSampler(depth=1), None, gold="7", ns=[1, 4], max_tokens=50, seed=0,
+                      temperature=0.05)
+    # the first sample is on branch B, a confident branch-A sample is among the first 4
+    assert not bon[1]["best"] and bon[4]["best"] and bon[4]["weighted-vote"]

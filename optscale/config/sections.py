@@ -192,6 +192,9 @@ class SystemsConfig:
     pf_resampler: str = "systematic"  # multinomial | systematic
     pf_reward: str = "last"  # step-score aggregation for the particle reward: last | mean | min | prod
     pf_select: str = "best"  # best | weighted-vote
+    # step reward: lm-judge (scoring.judge_model over each partial text) | self-certainty (the
+    # generator's own exp(mean token log-prob) of each new step: no judge model, no extra compute)
+    pf_scorer: str = "lm-judge"
     # MarkovScale (notebook 08).
     markov_rounds: int = 3
     markov_chains: int = 1  # independent revision chains per question
@@ -215,6 +218,8 @@ class SystemsConfig:
             raise ConfigError(f"systems.pf_reward={self.pf_reward!r}: use last|mean|min|prod")
         if self.pf_select not in ("best", "weighted-vote"):
             raise ConfigError(f"systems.pf_select={self.pf_select!r}: use best|weighted-vote")
+        if self.pf_scorer not in ("lm-judge", "self-certainty"):
+            raise ConfigError(f"systems.pf_scorer={self.pf_scorer!r}: use lm-judge|self-certainty")
         if not 0.5 < self.optpo_threshold < 1.0:
             raise ConfigError("systems.optpo_threshold must be in (0.5, 1)")
         if self.optpo_method not in ("lora", "bias"):

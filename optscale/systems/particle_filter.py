@@ -7,7 +7,10 @@ plays the role of the observation likelihood. Each step:
 
 1. extend every unfinished particle by one step (particles sharing a text share one request);
 2. score the partial solutions and take the step reward (``reward_of``: the last step score by
-   default, as in the paper's best setting; ``mean`` / ``min`` / ``prod`` also available);
+   default, as in the paper's best setting; ``mean`` / ``min`` / ``prod`` also available). The
+   step scores come from a judge over the partial texts (``score_fn``, e.g. the LM judge), or,
+   with ``score_fn=None``, from the generator itself: each new step's self-certainty
+   ``exp(mean token log-prob)`` (:func:`step_certainty`), which costs no model call;
 3. weights ``w = softmax(reward / temperature)`` over all particles (finished ones included:
    they stay in the population but are not extended);
 4. resample ``N`` indices from ``w`` (``multinomial`` or ``systematic``; registry
@@ -49,6 +52,7 @@ __all__ = [
     "pool_baseline_curves",
     "bootstrap_ci",
     "scorer_step_fn",
+    "step_certainty",
     "live_bon",
     "load_pool_arrays",
 ]
@@ -143,6 +147,16 @@ def scorer_step_fn(scorer: Any) -> ScoreFn:
     return fn
 
 
+def step_certainty(completion: Completion) -> float | None:
+    """The generator's self-certainty of one generated piece, ``exp(mean token log-prob)`` (the
+    ``self-certainty`` scorer's value for a whole sample); None for a piece with no tokens."""
+    lp = np.asarray(completion.token_logprobs or [], dtype=float)
+    if lp.size != completion.n_tokens:
+        raise ValueError(f"self-certainty step rewards need a log-prob per generated token: the sampler "
+                         f"returned {lp.size} for {completion.n_tokens} tokens (use a judge: score_fn=scorer_step_fn(...))")
+    return float(np.exp(lp.mean())) if lp.size else None
+
+
 def select_answer(particles: Sequence[Particle], rewards: np.ndarray, how: str, temperature: float = 1.0) -> str | None:
     """``best``: answer of the highest-reward particle that has one; ``weighted-vote``: the
     answer class with the largest total ``softmax(reward / temperature)`` weight."""
@@ -163,13 +177,14 @@ def select_answer(particles: Sequence[Particle], rewards: np.ndarray, how: str, 
     raise ValueError(f"answer selection must be 'best' or 'weighted-vote', got {how!r}")
 
 
-def particle_filter(question: str, prompt: str, sampler: Any, score_fn: ScoreFn, n_particles: int, max_steps: int,
+def particle_filter(question: str, prompt: str, sampler: Any, score_fn: ScoreFn | None, n_particles: int, max_steps: int,
                     temperature: float = 1.0, resampler: str = "systematic", reward_of: str = "last",
                     step_tokens: int = 96, max_tokens: int = 512, seed: int = 0, select: str = "best",
                     stop: tuple[str, ...] = ("\n\n",)) -> PFResult:
     """Run the filter on one question. ``prompt`` is the user message; ``sampler`` any
     :class:`Sampler` honouring ``prefix``/``stop``; ``score_fn(question, texts)`` returns step
-    scores for each partial text (see :func:`scorer_step_fn`). A particle finishes on EOS, or
+    scores for each partial text (see :func:`scorer_step_fn`), or None for the generator's own
+    step self-certainty (:func:`step_certainty`, appended per step). A particle finishes on EOS, or
     when its own history reaches ``max_tokens``. Same seed -> same result."""
     if n_particles < 1 or max_steps < 1:
         raise ValueError("n_particles and max_steps must be >= 1")
@@ -200,10 +215,14 @@ def particle_filter(question: str, prompt: str, sampler: Any, score_fn: ScoreFn,
                 new_text = text + c.text + sep
                 n_tok = p.n_tokens + c.n_tokens
                 done = c.finish_reason == "stop" or n_tok >= max_tokens
-                particles[i] = Particle(new_text, done, p.step_scores, n_tok, c.finish_reason)
-        step_scores = score_fn(question, [particles[i].text.rstrip() for i in live])
-        for i, s in zip(live, step_scores):
-            particles[i].step_scores = tuple(float(x) for x in s)
+                steps_so_far = p.step_scores
+                if score_fn is None and (certainty := step_certainty(c)) is not None:
+                    steps_so_far = steps_so_far + (certainty,)
+                particles[i] = Particle(new_text, done, steps_so_far, n_tok, c.finish_reason)
+        if score_fn is not None:
+            step_scores = score_fn(question, [particles[i].text.rstrip() for i in live])
+            for i, s in zip(live, step_scores):
+                particles[i].step_scores = tuple(float(x) for x in s)
         rewards = np.array([aggregate_steps(p.step_scores or (0.0,), reward_of) for p in particles])
         w = softmax_weights(rewards, temperature)
         anc = resample(w, rng)
@@ -265,12 +284,14 @@ def bootstrap_ci(per_question: np.ndarray, rng: np.random.Generator, reps: int =
     return float(x.mean()), float(lo), float(hi)
 
 
-def live_bon(question: str, prompt: str, sampler: Any, score_fn: ScoreFn, gold: str, ns: Sequence[int],
+def live_bon(question: str, prompt: str, sampler: Any, score_fn: ScoreFn | None, gold: str, ns: Sequence[int],
              max_tokens: int, seed: int, reward_of: str = "mean", temperature: float = 1.0) -> dict[int, dict[str, Any]]:
     """Best-of-N and weighted vote at every N in ``ns`` from one live draw of ``max(ns)`` full
     samples, scored like the filter's particles (so the comparison at equal rollouts uses the same
     scorer). The samples for N are the first N of that draw: nested budgets, drawn and scored once
-    (a pool's BoN curve is made the same way), instead of a fresh draw per N.
+    (a pool's BoN curve is made the same way), instead of a fresh draw per N. With
+    ``score_fn=None`` a sample's score is its self-certainty (:func:`step_certainty` of the whole
+    sample, the pool scorer's value).
 
     Returns ``{N: {"tokens", "best", "weighted-vote"}}``; tokens are those of the first N samples."""
     ns = sorted({int(n) for n in ns})
@@ -278,8 +299,11 @@ def live_bon(question: str, prompt: str, sampler: Any, score_fn: ScoreFn, gold: 
         raise ValueError(f"live_bon: budgets must be >= 1, got {ns}")
     comps = sampler.generate([SampleRequest(prompt=prompt, n=ns[-1], max_new_tokens=max_tokens,
                                             seed=derive_seed(seed, "pf-bon", question))])[0]
-    parts = [Particle(c.text, True, tuple(s), c.n_tokens, c.finish_reason)
-             for c, s in zip(comps, score_fn(question, [c.text for c in comps]))]
+    if score_fn is None:
+        scored = [(x,) if (x := step_certainty(c)) is not None else () for c in comps]
+    else:
+        scored = score_fn(question, [c.text for c in comps])
+    parts = [Particle(c.text, True, tuple(s), c.n_tokens, c.finish_reason) for c, s in zip(comps, scored)]
     rewards = np.array([aggregate_steps(p.step_scores or (0.0,), reward_of) for p in parts])
     out: dict[int, dict[str, Any]] = {}
     for n in ns:

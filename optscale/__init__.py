@@ -98,6 +98,8 @@ _API: dict[str, str] = {
     "plot_score_histograms": "optscale.evaluation.pool_figures",
     "pool_caption": "optscale.evaluation.pool_figures",
     "run_live": "optscale.evaluation.live",
+    # seed systems
+    "live_sampler": "optscale.systems",
     # the generator study (python -m optscale.study)
     "plot_study": "optscale.study",
     "study_caption": "optscale.study",

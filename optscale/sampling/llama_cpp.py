@@ -15,10 +15,17 @@ Per-token log-probabilities are read from the raw logits (the untempered model d
 before any penalty or truncation) for the chosen token and the top-``top_k_logprobs`` mean
 (DeepConf's token confidence), as the other backends record them.
 
+With ``prefix_cache=True`` (the live systems of notebooks 07–08, through
+:func:`optscale.systems.live_sampler`; never pool generation) the KV cells of the last call's
+sequences are kept, and a new prompt starts from the cached sequence sharing its longest token
+prefix: only the rest is evaluated. A particle filter's continuation (``SampleRequest.prefix``)
+then costs its new tokens instead of its whole history at every step.
+
 Same seed, same outputs: a sequence's tokens depend on its seed and on the batch it was decoded
 in (llama.cpp's CPU kernels compute each row of a batch on its own, but the order of the KV cells
 of a shared batch can change floating-point sums); the batch composition is fixed by the request
-order and ``batch_size``, so a rerun of the same configuration reproduces every sample.
+order and ``batch_size``, so a rerun of the same configuration reproduces every sample (with the
+prefix cache: the same sequence of calls reproduces every sample).
 
 Install with ``scripts/install_llama_cpp.sh``: the default native build crashes on CPUs that
 report AVX-512/AMX; the script builds a portable wheel once and caches it.
@@ -68,12 +75,20 @@ class _Sequence:
     stop: tuple[str, ...] = ()
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
 class LlamaCppSampler(Sampler):
     name = "llama-cpp"
 
     def __init__(self, config: SamplingConfig, n_ctx: int | None = None, n_threads: int | None = None,
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, prefix_cache: bool = False):
         self.config = config
+        self.prefix_cache = bool(prefix_cache)
+        self._cached: dict[int, list[int]] = {}  # slot -> tokens whose KV cells it holds (prefix cache)
         self.template = load_prompt_template(config.prompt_template)
         try:
             import llama_cpp
@@ -99,7 +114,8 @@ class LlamaCppSampler(Sampler):
         cp.n_ctx = n_ctx or (self.max_seqs * self.max_new + self.prompt_budget)
         cp.n_batch = 512
         cp.n_ubatch = 512
-        cp.n_seq_max = self.max_seqs
+        # the prefix cache parks a reused prefix on a spare sequence id while the slots are reassigned
+        cp.n_seq_max = self.max_seqs * (2 if self.prefix_cache else 1)
         cp.kv_unified = True
         cp.n_threads = cp.n_threads_batch = self.n_threads
         cp.no_perf = True
@@ -133,6 +149,7 @@ class LlamaCppSampler(Sampler):
             "gguf_tensor_types": meta["tensor_types"],
             "top_k": c.top_k,
             "repetition_penalty": c.repetition_penalty,
+            "prefix_cache": self.prefix_cache,
             "system_prompt": c.system_prompt,
             "batch_size": self.max_seqs,
             "n_threads": self.n_threads,
@@ -187,22 +204,24 @@ class LlamaCppSampler(Sampler):
                      wave: list[tuple[int, int]]) -> list[_Sequence]:
         L = self._L
         mem = L.llama_get_memory(self.ctx.ctx)
-        L.llama_memory_clear(mem, True)
         seqs = [_Sequence(request=i, sample=j, seed=derive_seed(requests[i].seed, j), slot=s, pos=0,
                           stop=tuple(requests[i].stop)) for s, (i, j) in enumerate(wave)]
         need = sum(len(prompts[i]) for i in {s.request for s in seqs}) + sum(requests[s.request].max_new_tokens for s in seqs)
         if need > self.n_ctx:
             raise SamplerError(f"llama-cpp: a batch needs {need} KV cells but n_ctx is {self.n_ctx}; "
                                "lower sampling.batch_size or the token cap")
+        by_request: dict[int, list[_Sequence]] = {}
+        for s in seqs:
+            by_request.setdefault(s.request, []).append(s)
+        reused = self._reuse_prefixes(mem, by_request, prompts) if self.prefix_cache else {}
+        if not self.prefix_cache:
+            L.llama_memory_clear(mem, True)
         try:
-            # 1. each distinct prompt once, attached to all of its sequences
-            by_request: dict[int, list[_Sequence]] = {}
-            for s in seqs:
-                by_request.setdefault(s.request, []).append(s)
+            # 1. each distinct prompt once (past a reused prefix), attached to all of its sequences
             for i, group in by_request.items():
                 toks = prompts[i]
                 slots = [s.slot for s in group]
-                for lo in range(0, len(toks), self.n_batch):
+                for lo in range(reused.get(i, 0), len(toks), self.n_batch):
                     chunk = toks[lo:lo + self.n_batch]
                     last = lo + len(chunk) == len(toks)
                     self._fill(chunk, lo, slots, logits_last=last)
@@ -231,16 +250,52 @@ class LlamaCppSampler(Sampler):
                     s.output = k
                 self._decode()
                 self._step(active, n_outputs=len(active), shared=False)
-                for s in active:
-                    if not running(s):
-                        L.llama_memory_seq_rm(mem, s.slot, -1, -1)
+                if not self.prefix_cache:  # (the cache keeps a finished sequence's cells for the next call)
+                    for s in active:
+                        if not running(s):
+                            L.llama_memory_seq_rm(mem, s.slot, -1, -1)
                 active = [s for s in active if running(s)]
+            if self.prefix_cache:  # the tokens each slot's cells now hold: prompt + decoded tokens
+                self._cached = {s.slot: (prompts[s.request] + s.tokens)[:s.pos] for s in seqs}
+        except BaseException:
+            if self.prefix_cache:  # a wave cut short leaves cells the bookkeeping does not know
+                L.llama_memory_clear(mem, True)
+                self._cached = {}
+            raise
         finally:
             for s in seqs:
                 if s.chain is not None:
                     L.llama_sampler_free(s.chain)
                     s.chain = None
         return seqs
+
+    def _reuse_prefixes(self, mem: Any, by_request: dict[int, list[_Sequence]],
+                        prompts: dict[int, list[int]]) -> dict[int, int]:
+        """Prefix cache: give each request's slots the KV cells of the cached sequence that shares
+        the longest token prefix with its prompt (at least the prompt's last token is evaluated
+        again, for its logits) and free every other cell. Returns {request: reused length}."""
+        L = self._L
+        parked: dict[int, tuple[int, int]] = {}  # request -> (spare sequence id, reused length)
+        for k, (i, _) in enumerate(by_request.items()):
+            toks = prompts[i]
+            best_slot, best = -1, 0
+            for slot, cached in self._cached.items():
+                n = _common_prefix(cached, toks)
+                if n > best:
+                    best_slot, best = slot, n
+            best = min(best, len(toks) - 1)
+            if best > 0:
+                spare = self.max_seqs + k
+                L.llama_memory_seq_cp(mem, best_slot, spare, 0, best)  # positions [0, best)
+                parked[i] = (spare, best)
+        for slot in range(self.max_seqs):
+            L.llama_memory_seq_rm(mem, slot, -1, -1)
+        for i, (spare, _) in parked.items():
+            for s in by_request[i]:
+                L.llama_memory_seq_cp(mem, spare, s.slot, -1, -1)
+            L.llama_memory_seq_rm(mem, spare, -1, -1)
+        self._cached = {}
+        return {i: n for i, (_, n) in parked.items()}
 
     def _fill(self, tokens: list[int], pos0: int, slots: list[int], logits_last: bool) -> None:
         b = self.batch.batch

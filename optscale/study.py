@@ -243,7 +243,8 @@ def verifier_table(arm_names: Sequence[str] | None = None, out_dir: Path = STUDY
 def aggregate_study(arm: str, scorer: str, hows: Sequence[str], out_dir: Path = STUDY_DIR) -> list[str]:
     """Write ``<scorer>-<how>`` columns that aggregate a step-scored verifier's stored step scores
     another way (e.g. the per-step LM judge by its ``min`` or ``last`` step, besides the ``mean``
-    it was scored with), so the verifier table reports each aggregation. No model is run."""
+    it was scored with), so the verifier table reports each aggregation. No model is run. Samples
+    the scorer has not reached yet stay unscored (NaN), as in the source column."""
     from .data.pools import read_pool, write_score_column
     from .sampling.scorers import aggregate_steps
 
@@ -254,13 +255,9 @@ def aggregate_study(arm: str, scorer: str, hows: Sequence[str], out_dir: Path = 
         col = f"step_scores__{scorer}"
         if col not in df:
             continue
-        missing = df[col].isna() if df[col].dtype != object else df[col].map(lambda v: v is None or len(v) == 0)
-        if missing.any():
-            row = int(np.flatnonzero(missing.to_numpy())[0])
-            raise ValueError(f"{path}: row {row}: field {col!r} is empty: score {scorer!r} on every sample first")
         for how in hows:
             name = f"{scorer}-{how}"
-            scores = np.array([aggregate_steps(v, how) for v in df[col]])
+            scores = np.array([np.nan if v is None else aggregate_steps(v, how) for v in df[col]])
             write_score_column(path, name, scores, {"scorer": name, "source_scorer": scorer, "aggregation": how,
                                                     "definition": f"{how} of {scorer}'s stored step scores"})
             written.append(f"{path.stem}:{name}")

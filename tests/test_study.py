@@ -4,6 +4,7 @@ outside the pools, timing recorded, verifier columns added, tables and figure bu
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -113,16 +114,18 @@ def test_step_scored_verifier_is_reaggregated_by_min_and_last(study_dir):
         aggregate_study("a", "judge", ["min"], out_dir=study_dir)
     df, meta, _ = open_score_column(path, "judge", {"scorer": "judge"})
     steps = [[0.9, 0.2 + 0.05 * i, 0.6 - 0.04 * i] for i in range(len(df))]
-    df["step_scores__judge"] = steps
-    df["score__judge"] = [float(np.mean(s)) for s in steps]
+    steps[-4:] = [None] * 4  # the last question not scored yet
+    df["step_scores__judge"] = pd.Series(steps, dtype=object)
+    df["score__judge"] = [np.nan if s is None else float(np.mean(s)) for s in steps]
     write_pool(df, meta, path, allow_partial_scores=True)
     (study_dir / "a" / "scoring.jsonl").write_text(json.dumps(
         {"dataset": "gsm8k", "scorer": "judge", "samples": len(df), "seconds": 6.0, "cpu_seconds": 3.0 * len(df)}) + "\n")
 
     assert aggregate_study("a", "judge", ["min", "last"], out_dir=study_dir) == ["gsm8k:judge-min", "gsm8k:judge-last"]
-    pool = read_pool(path)
-    assert np.allclose(pool.df["score__judge-min"], [min(s) for s in steps])
-    assert np.allclose(pool.df["score__judge-last"], [s[-1] for s in steps])
+    pool = read_pool(path, allow_partial_scores=True)
+    assert np.allclose(pool.df["score__judge-min"], [np.nan if s is None else min(s) for s in steps], equal_nan=True)
+    assert np.allclose(pool.df["score__judge-last"], [np.nan if s is None else s[-1] for s in steps], equal_nan=True)
+    assert pool.df["step_scores__judge-min"].iloc[-4:].isna().all()  # unscored stays unscored
     assert pool.meta["scorers"]["judge-last"]["source_scorer"] == "judge"
     cost = verifier_table(["a"], out_dir=study_dir, reps=50, orders=10).set_index("verifier")["cpu_s_per_sample"]
     assert cost["judge-min"] == cost["judge-last"] == cost["judge"] == 3.0

@@ -314,13 +314,15 @@ def store_scores(df: pd.DataFrame, index: Iterable[Any], results: Sequence[Any],
 
 def write_score_column(path: str | os.PathLike, name: str, scores: np.ndarray, description: dict[str, Any]) -> Path:
     """Write a whole ``score__<name>`` column (one-step ``step_scores__<name>``) computed outside a
-    scorer, e.g. a fitted combination of other columns; ``scores`` in the pool file's row order."""
+    scorer, e.g. a fitted combination of other columns; ``scores`` in the pool file's row order,
+    NaN where a sample is not scored (yet)."""
     df, meta, _ = open_score_column(path, name, description)
     scores = np.asarray(scores, dtype=float)
     if scores.shape != (len(df),):
         raise PoolError(f"{path}: {scores.size} scores for {len(df)} samples (column score__{name})")
     df[f"score__{name}"] = scores
-    df[f"step_scores__{name}"] = pd.Series([[float(x)] for x in scores], index=df.index, dtype=object)
+    df[f"step_scores__{name}"] = pd.Series([None if np.isnan(x) else [float(x)] for x in scores], index=df.index,
+                                           dtype=object)
     return write_pool(df, meta, path, allow_partial_scores=True)
 
 

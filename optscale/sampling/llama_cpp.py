@@ -232,6 +232,7 @@ class LlamaCppSampler(Sampler):
                     s.output = 0  # the prompt's last token is output row 0 of that decode
                 # sample the first token of every sequence of this request from the same logits
                 self._step(group, n_outputs=1, shared=True)
+
             def running(s: _Sequence) -> bool:  # no EOS / stop string yet and under the token cap
                 return s.finish == "length" and len(s.tokens) < requests[s.request].max_new_tokens
 

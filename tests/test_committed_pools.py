@@ -13,7 +13,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from optscale.config import BENCHMARKS, load_config
+from optscale.config import load_config
 from optscale.data.benchmarks import load_benchmark
 from optscale.data.grading import GRADING_RULE_VERSION, grade
 from optscale.data.pools import pool_path, read_pool
@@ -22,7 +22,7 @@ from optscale.data.selection import config_problems
 
 PROFILES = ("cpu", "cpu-1.5b")
 COMPLETE = {"cpu"}  # pool sets that must be complete; the others are checked as a prefix
-CASES = [(profile, name) for profile in PROFILES for name in BENCHMARKS]
+CASES = [(profile, name) for profile in PROFILES for name in load_config(profile).data.benchmarks]
 
 
 @cache

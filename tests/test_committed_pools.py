@@ -22,12 +22,14 @@ from optscale.data.selection import config_problems
 
 PROFILES = ("cpu", "cpu-1.5b")
 COMPLETE = {"cpu"}  # pool sets that must be complete; the others are checked as a prefix
-CASES = [(profile, name) for profile in PROFILES for name in load_config(profile).data.benchmarks]
 
 
 @cache
 def profile_config(profile):
     return load_config(profile)
+
+
+CASES = [(profile, name) for profile in PROFILES for name in profile_config(profile).data.benchmarks]
 
 
 @cache

@@ -96,6 +96,7 @@ _API: dict[str, str] = {
     "plot_verifier_auroc": "optscale.evaluation.figures",
     "plot_fixed_n_curves": "optscale.evaluation.pool_figures",
     "plot_score_histograms": "optscale.evaluation.pool_figures",
+    "describe_scorers": "optscale.evaluation.pool_figures",
     "pool_caption": "optscale.evaluation.pool_figures",
     "run_live": "optscale.evaluation.live",
     # seed systems

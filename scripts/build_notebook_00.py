@@ -14,12 +14,11 @@ folder."""),
 code('''profile: str = "cpu"  # profile in profiles/
 run_dir: str = "outputs/dev"  # where figures/tables go
 overrides: str = ""  # dotted overrides, e.g. pools.replay_orders=50
-scorer: str = ""  # scorer for Best-of-N, empty means scoring.primary of the profile
+scorer: str = ""  # scorer for Best-of-N, empty means each benchmark's primary scorer (scoring.primary_for)
 max_N: int = 16  # largest N on the curves (capped at each pool's size)
 live_questions: int = 1  # GSM8K questions sampled live from the CPU model, 0 skips''', metadata={"tags": ["parameters"]}),
 code('''from optscale import setup_notebook
 cfg, run = setup_notebook(profile, run_dir, overrides, notebook="00_data_and_pools")
-scorer = scorer or cfg.scoring.primary
 print(cfg.profile, run)'''),
 md("## Benchmarks"),
 code('''import pandas as pd
@@ -67,16 +66,17 @@ summary'''),
 code('''from optscale import fixed_n_curves, plot_fixed_n_curves, plot_score_histograms, pool_caption, replay_orders
 from optscale import save_figure
 
+scorer_of = {b: scorer or cfg.scoring.primary_for(b) for b in pools}
 curves = []
 for b, pool in pools.items():
     n_max = min(max_N, pool.n_per_question)
     ns = sorted({1, 2, 4, 8, 16, n_max} & set(range(1, n_max + 1)))
     orders = replay_orders(pool.n_questions, pool.n_per_question, cfg.pools.replay_orders, cfg.pools.replay_seed)
-    curves.append(fixed_n_curves(pool, scorer, orders, ns, reps=cfg.evaluation.bootstrap_reps, seed=cfg.evaluation.seed))
+    curves.append(fixed_n_curves(pool, scorer_of[b], orders, ns, reps=cfg.evaluation.bootstrap_reps, seed=cfg.evaluation.seed))
 curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
 if len(curves):
     save_table(curves, run, "00_fixed_n_curves", latex=True)
-    caption = pool_caption(pools, scorer) + f"; {cfg.pools.replay_orders} random orders, {cfg.evaluation.bootstrap_reps} bootstrap resamples"
+    caption = pool_caption(pools, scorer_of) + f"; {cfg.pools.replay_orders} random orders, {cfg.evaluation.bootstrap_reps} bootstrap resamples"
     fig = plot_fixed_n_curves(curves, title=caption[:160])
     save_figure(fig, run, "00_bon_majority_curves", caption=caption)
 curves.pivot_table(index=["dataset", "method"], columns="N", values="accuracy").round(3) if len(curves) else curves'''),

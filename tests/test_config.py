@@ -92,3 +92,16 @@ def test_list_values_in_key_value_overrides():
         load_config("cpu", "theory.deltas=[0.1, 0.05")
     with pytest.raises(ConfigError, match=r"override 'fit.delta=@3': not a valid value"):
         load_config("cpu", "fit.delta=@3")
+
+
+def test_primary_scorer_per_benchmark():
+    cfg = load_config("cpu", "scoring.primary_by_benchmark.math500=lm-judge")
+    assert cfg.scoring.primary_for("math500") == "lm-judge"
+    assert cfg.scoring.primary_for("gsm8k") == cfg.scoring.primary == "self-certainty"
+    assert load_config("cpu").scoring.primary_for("math500") == "self-certainty"
+    with pytest.raises(ConfigError, match=r"scoring.primary_by_benchmark.math500='prm' is not among scoring.scorers"):
+        load_config("cpu", "scoring.primary_by_benchmark.math500=prm")
+    with pytest.raises(ConfigError, match=r"scoring.primary_by_benchmark: unknown benchmark 'math501'"):
+        load_config("cpu", {"scoring": {"primary_by_benchmark": {"math501": "lm-judge"}}})
+    with pytest.raises(ConfigError, match=r"config key .scoring.primary_by_benchmark. is a per-benchmark table; set its entries"):
+        load_config("cpu", "scoring.primary_by_benchmark=lm-judge")

@@ -374,3 +374,18 @@ def test_verifier_auroc_points_skip_a_missing_pool_set_and_plot(tmp_path):
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "gsm8k (vs BoN@4)"
     caption = verifier_auroc_caption(points, cfg, notes)
     assert "fake/gsm8k (generator" in caption and "scorers self-certainty" in caption
+
+
+def test_pool_arrays_use_the_benchmarks_own_primary_scorer(tmp_path, capsys):
+    from optscale.evaluation.runner import load_pool_arrays
+    from optscale.systems.particle_filter import load_pool_arrays as load_system_arrays
+
+    cfg, _ = _fake_pool(tmp_path)  # scored by self-certainty only
+    own = cfg.replace({"scoring": {"primary": "lm-judge", "primary_by_benchmark": {"gsm8k": "self-certainty"}}})
+    data = load_pool_arrays(own, "gsm8k", verbose=False)
+    assert data is not None and "self-certainty" in data.description
+    assert load_system_arrays(own, "gsm8k")["scores"].shape == (12, 4)
+    other = cfg.replace({"scoring": {"primary_by_benchmark": {"gsm8k": "lm-judge"}}})
+    assert load_pool_arrays(other, "gsm8k", verbose=False) is None
+    assert "gsm8k: pool has no 'lm-judge' scores yet; skipped" in capsys.readouterr().out
+    assert run_evaluation(other, tmp_path / "run", verbose=False)["summary"].empty

@@ -146,6 +146,15 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}"
         )
+    by_benchmark = cfg.scoring.primary_by_benchmark
+    if not isinstance(by_benchmark, dict):
+        raise ConfigError(f"scoring.primary_by_benchmark={by_benchmark!r}: a mapping benchmark -> scorer")
+    for ds, scorer in by_benchmark.items():
+        if ds not in BENCHMARKS:
+            raise ConfigError(f"scoring.primary_by_benchmark: unknown benchmark {ds!r}; known {list(BENCHMARKS)}")
+        if scorer not in cfg.scoring.scorers:
+            raise ConfigError(f"scoring.primary_by_benchmark.{ds}={scorer!r} is not among "
+                              f"scoring.scorers={cfg.scoring.scorers}")
     if cfg.scoring.aggregation not in ("mean", "min", "last", "prod"):
         raise ConfigError(f"scoring.aggregation={cfg.scoring.aggregation!r}: use mean|min|last|prod")
     if cfg.evaluation.protocol not in ("crossfit", "calibrated"):

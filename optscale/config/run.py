@@ -81,6 +81,9 @@ def _deep_update(base: dict[str, Any], new: Mapping[str, Any], path: str) -> Non
             hint = f" (did you mean {close}?)" if close else ""
             raise ConfigError(f"unknown config key {where!r}{hint}")
         if isinstance(base[k], dict) and not isinstance(v, Mapping):
+            if not _is_section(base[k]):
+                raise ConfigError(f"config key {where!r} is a per-benchmark table; set its entries, "
+                                  f"e.g. {where}.<benchmark>=...")
             raise ConfigError(f"config key {where!r} is a section; set its fields, e.g. {where}.<field>=...")
         if isinstance(base[k], dict) and isinstance(v, Mapping):
             # Per-benchmark tables are replaced key by key; sections recurse.
@@ -90,8 +93,9 @@ def _deep_update(base: dict[str, Any], new: Mapping[str, Any], path: str) -> Non
 
 
 def _is_section(d: dict[str, Any]) -> bool:
-    # A per-benchmark table has only benchmark names as keys; sections have field names.
-    return not set(d) <= set(BENCHMARKS) or not d
+    # A per-benchmark table has only benchmark names as keys (an empty one too, e.g.
+    # scoring.primary_by_benchmark); sections have field names, and every section has some.
+    return not set(d) <= set(BENCHMARKS)
 
 
 def _coerce(key: str, v: Any, default: Any, annotation: str) -> Any:

@@ -83,6 +83,9 @@ class ScoringConfig:
     # correct from wrong samples far better than the 0.5B LM judge (AUROC 0.77 vs 0.49 on GSM8K,
     # 0.45 vs 0.33 on MATH-500, first 8 questions each; `python -m optscale.generate info`).
     primary: str = "self-certainty"
+    # Per-benchmark exceptions to `primary`, e.g. {math500: answer-judge}: a pool set whose best
+    # verifier differs by benchmark (chosen on study questions, not on the pools it is used on).
+    primary_by_benchmark: dict[str, str] = field(default_factory=dict)
     aggregation: str = "mean"  # step-score aggregation: mean | min | last | prod (paper: mean)
     judge_template: str = "judge.txt"
     answer_judge_template: str = "answer_judge.txt"  # scorer "answer-judge"
@@ -92,6 +95,10 @@ class ScoringConfig:
     max_steps: int = 24  # later steps are merged into the last one for judging
     prm_model: str = "Qwen/Qwen2.5-Math-PRM-7B"  # GPU PRM (scorer "prm")
     prm_batch_size: int = 8
+
+    def primary_for(self, dataset: str) -> str:
+        """The scorer policies use on ``dataset``: ``primary_by_benchmark[dataset]``, else ``primary``."""
+        return self.primary_by_benchmark.get(dataset, self.primary)
 
 
 @dataclass(frozen=True)

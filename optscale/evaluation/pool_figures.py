@@ -3,6 +3,8 @@ returns a matplotlib Figure; saving is :func:`optscale.provenance.save_figure`'s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -10,13 +12,25 @@ import seaborn as sns
 
 from ..data.pools import Pool
 
-__all__ = ["plot_fixed_n_curves", "plot_score_histograms", "pool_caption"]
+__all__ = ["describe_scorers", "plot_fixed_n_curves", "plot_score_histograms", "pool_caption"]
 
 
-def pool_caption(pools: dict[str, Pool], scorer: str | None = None) -> str:
-    """One line naming the pool(s) a figure came from: generator, scorer, n, seed, questions."""
+def describe_scorers(scorer_of: Mapping[str, str]) -> str:
+    """``{"gsm8k": "self-certainty", "math500": "answer-judge"}`` -> "gsm8k self-certainty,
+    math500 answer-judge"; one name when every benchmark uses the same scorer."""
+    names = set(scorer_of.values())
+    if len(names) == 1:
+        return names.pop()
+    return ", ".join(f"{d} {s}" for d, s in scorer_of.items())
+
+
+def pool_caption(pools: dict[str, Pool], scorer: str | Mapping[str, str] | None = None) -> str:
+    """One line naming the pool(s) a figure came from: generator, scorer, n, seed, questions.
+    ``scorer``: one name, or one per benchmark (``{"gsm8k": "self-certainty", ...}``)."""
     if not pools:
         return "no pools"
+    if isinstance(scorer, Mapping):
+        scorer = describe_scorers({d: scorer[d] for d in pools if d in scorer})
     any_pool = next(iter(pools.values()))
     g = any_pool.meta.get("generator", {})
     sizes = ", ".join(f"{d} {p.n_questions}x{p.n_per_question}" for d, p in pools.items())

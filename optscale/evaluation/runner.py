@@ -21,7 +21,7 @@ def load_pool_arrays(config: Any, dataset: str, cache_dir: str | Path | None = N
                      prior: np.ndarray | None = None, prior_source: str = "none", scorer: str | None = None,
                      pool_name: str | None = None, verbose: bool = True) -> PoolArrays | None:
     """The configured pool of ``dataset`` (pool set ``pool_name``, default ``pools.pool_name``)
-    as :class:`PoolArrays` (scorer ``scorer``, default ``scoring.primary``; ``evaluation.max_N``),
+    as :class:`PoolArrays` (scorer ``scorer``, default ``scoring.primary_for(dataset)``; ``evaluation.max_N``),
     or None with a printed note when the pool does not exist yet."""
     from ..data.pools import pool_path, read_pool
 
@@ -32,7 +32,7 @@ def load_pool_arrays(config: Any, dataset: str, cache_dir: str | Path | None = N
         print(f"note: {dataset}: no pool at {path}; skipped")
         return None
     pool = read_pool(path, allow_partial_scores=True)
-    scorer = scorer or config.scoring.primary
+    scorer = scorer or config.scoring.primary_for(dataset)
     if f"score__{scorer}" not in pool.df.columns:
         print(f"note: {dataset}: pool has no {scorer!r} scores yet; skipped")
         return None

@@ -326,7 +326,7 @@ def load_pool_arrays(config: Any, dataset: str, scorer: str | None = None,
     from .optpo import pool_class_labels
     from ..data.pools import PoolError, pool_path, read_pool
 
-    scorer = scorer or config.scoring.primary
+    scorer = scorer or config.scoring.primary_for(dataset)
     path = pool_path(config, dataset)
     if not path.is_file():
         print(f"note: no pool for {dataset} at {path} yet; skipped")

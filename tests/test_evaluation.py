@@ -1,5 +1,6 @@
 """Replay, curves, bootstrap / permutation statistics and tuning isolation on small pools."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -389,3 +390,24 @@ def test_pool_arrays_use_the_benchmarks_own_primary_scorer(tmp_path, capsys):
     assert load_pool_arrays(other, "gsm8k", verbose=False) is None
     assert "gsm8k: pool has no 'lm-judge' scores yet; skipped" in capsys.readouterr().out
     assert run_evaluation(other, tmp_path / "run", verbose=False)["summary"].empty
+
+
+def test_optscale_tunes_its_target_on_the_scorers_own_scale(monkeypatch):
+    # confidences that sit in 0.90-0.96, as the generator's log-prob scorers do on the 1.5B pools
+    from optscale.policies.score_distribution import OptScale0
+
+    d = small_pool(Q=24, n=16, seed=4)
+    d = dataclasses.replace(d, scores=np.clip(0.93 + (d.scores - 0.55) / 20, 0, 1))
+    grid = OptScale0.tuning_grid(d)
+    assert grid["target"] == sorted({round(float(q), 4) for q in np.quantile(d.scores, OptScale0.target_quantiles)})
+    assert d.scores.min() <= min(grid["target"]) and max(grid["target"]) <= d.scores.max()
+    assert {k: v for k, v in grid.items() if k != "target"} == {k: v for k, v in OptScale0.grid.items() if k != "target"}
+    orders = replay_orders(d.n_questions, d.n, 4, seed=1)
+    bon = float(replay(make_policy("bon"), d, orders).correct.mean())
+    params, table = protocol.tune("optscale-0", d, orders, 16, bon, tolerance=0.01)
+    assert set(table["target"]) == set(grid["target"]) and params["target"] in grid["target"]
+    # every score is above the fixed grid's 0.6-0.9, so it can only stop after k samples: a worse policy
+    monkeypatch.setattr(OptScale0, "tuning_grid", classmethod(lambda cls, calib: cls.grid))
+    _, fixed = protocol.tune("optscale-0", d, orders, 16, bon, tolerance=0.01)
+    assert table["accuracy"].max() > fixed["accuracy"].max()
+    assert table.loc[table["chosen"], "accuracy"].iloc[0] >= bon - 0.01 > fixed.loc[fixed["chosen"], "accuracy"].iloc[0]

@@ -64,8 +64,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Tuning
 # ---------------------------------------------------------------------------------------------
-def _grid_points(policy_cls: type[Policy]) -> list[dict[str, Any]]:
-    grid = policy_cls.grid
+def _grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     if not grid:
         return [{}]
     keys = list(grid)
@@ -74,12 +73,12 @@ def _grid_points(policy_cls: type[Policy]) -> list[dict[str, Any]]:
 
 def tune(name: str, calib: PoolArrays, orders: np.ndarray, max_N: int, reference_accuracy: float,
          tolerance: float = 0.01, caches: list[dict] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Grid search on ``calib`` only: the fewest mean tokens among grid points whose accuracy is
+    """Grid search (the policy's ``tuning_grid(calib)``) on ``calib`` only: the fewest mean tokens among grid points whose accuracy is
     within ``tolerance`` of ``reference_accuracy`` (BoN or majority at max_N on the same
     questions); if none is, the most accurate (then cheapest). Returns (params, grid table)."""
     cls = POLICIES.get(name)
     rows = []
-    for params in _grid_points(cls):
+    for params in _grid_points(cls.tuning_grid(calib)):
         pol = make_policy(name, **params)
         pol.prepare(calib)
         r = replay(pol, calib, orders, max_N, caches)

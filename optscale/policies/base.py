@@ -160,6 +160,13 @@ class Policy(ABC):
                          if k in self.grid or k == "N" and v)
         return f"{self.name}({inner})" if inner else self.name
 
+    @classmethod
+    def tuning_grid(cls, calib: Any) -> dict[str, list]:
+        """The grid :func:`optscale.evaluation.protocol.tune` searches on ``calib`` (the tuning
+        questions only, a :class:`optscale.evaluation.replay.PoolArrays`): the fixed ``grid``,
+        unless a policy puts a parameter on the scale of the data it is tuned on."""
+        return cls.grid
+
     # -- calibration hook ---------------------------------------------------------------------
     def prepare(self, calib: Any) -> None:
         """Fit anything learned from data (calibration maps, population priors) on the

@@ -73,9 +73,10 @@ def _grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 def tune(name: str, calib: PoolArrays, orders: np.ndarray, max_N: int, reference_accuracy: float,
          tolerance: float = 0.01, caches: list[dict] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Grid search (the policy's ``tuning_grid(calib)``) on ``calib`` only: the fewest mean tokens among grid points whose accuracy is
-    within ``tolerance`` of ``reference_accuracy`` (BoN or majority at max_N on the same
-    questions); if none is, the most accurate (then cheapest). Returns (params, grid table)."""
+    """Grid search on ``calib`` only (the policy's ``tuning_grid(calib)``): the fewest mean tokens
+    among grid points whose accuracy is within ``tolerance`` of ``reference_accuracy`` (BoN or
+    majority at max_N on the same questions); if none is, the most accurate (then cheapest).
+    Returns (params, grid table)."""
     cls = POLICIES.get(name)
     rows = []
     for params in _grid_points(cls.tuning_grid(calib)):

@@ -78,8 +78,9 @@ def tune(name: str, calib: PoolArrays, orders: np.ndarray, max_N: int, reference
     majority at max_N on the same questions); if none is, the most accurate (then cheapest).
     Returns (params, grid table)."""
     cls = POLICIES.get(name)
+    grid = cls.tuning_grid(calib)
     rows = []
-    for params in _grid_points(cls.tuning_grid(calib)):
+    for params in _grid_points(grid):
         pol = make_policy(name, **params)
         pol.prepare(calib)
         r = replay(pol, calib, orders, max_N, caches)
@@ -92,7 +93,7 @@ def tune(name: str, calib: PoolArrays, orders: np.ndarray, max_N: int, reference
     else:
         best = table.sort_values(["accuracy", "tokens"], ascending=[False, True]).index[0]
     table["chosen"] = table.index == best
-    params = {k: table.loc[best, k] for k in cls.grid}
+    params = {k: table.loc[best, k] for k in grid}
     params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
     return params, table
 

@@ -1,8 +1,10 @@
-"""Command line for pools: ``python -m optscale.generate {pools,score,merge,info}``.
+"""Command line for pools: ``python -m optscale.generate {pools,score,combine,merge,info,regrade}``.
 
 ``pools`` samples (and scores) every configured benchmark, round-robin in chunks of
 ``--chunk`` questions so that every benchmark fills up evenly; it is resumable at any point.
-``score`` adds a scorer's column to existing pools. ``merge`` folds the checkpoint of a stopped
+``score`` adds a scorer's column to existing pools. ``combine`` adds the column of a fitted
+verifier combination (``optscale.study combine`` writes ``data/study/<arm>/combined.json``) once
+every feature it uses is scored. ``merge`` folds the checkpoint of a stopped
 ``pools`` run into the Parquet files without loading a model. ``info`` prints what a pool holds.
 """
 
@@ -109,6 +111,52 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_combine(args) -> int:
+    """Write ``score__<name>``: a fitted logistic-regression combination of per-sample features
+    (``scoring.combinations[<name>]``, or ``--model``; ``python -m optscale.study combine`` fits
+    them on study questions) applied to every sample. Run it once ``score`` has scored every
+    feature the combination uses, and again after a pool grows."""
+    import json
+    from pathlib import Path
+
+    from .config import PROJECT_ROOT
+    from .sampling.verifier_fit import add_combined_score
+
+    cfg = load_config(args.profile, args.overrides)
+    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    combos = cfg.scoring.combinations
+    if args.model:
+        model_path = Path(args.model)
+    elif args.name in combos:
+        model_path = Path(combos[args.name])
+        model_path = model_path if model_path.is_absolute() else PROJECT_ROOT / model_path
+    else:
+        print(f"combine: no --model and no scoring.combinations.{args.name} in profile {args.profile!r} "
+              f"(it has {list(combos)})", file=sys.stderr)
+        return 2
+    try:
+        features = json.loads(model_path.read_text())["features"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"combine: {model_path}: not a fitted combination with a 'features' list ({e!r})", file=sys.stderr)
+        return 2
+    for ds in datasets:
+        path = pool_path(cfg, ds)
+        if not path.is_file():
+            print(f"{ds}: no pool at {path}, skipped", file=sys.stderr)
+            continue
+        if path.with_suffix(".checkpoint.jsonl").is_file():  # a running generation would overwrite the column
+            print(f"{ds}: {path.with_suffix('.checkpoint.jsonl')} exists (a generation running or stopped); "
+                  "run `merge` once it has stopped, then combine", file=sys.stderr)
+            return 1
+        try:
+            add_combined_score(path, model_path, args.name)
+        except (KeyError, ValueError) as e:
+            print(f"{ds}: {e.args[0] if e.args else e}; nothing written", file=sys.stderr)
+            return 1
+        print(f"{ds}: wrote score__{args.name} ({', '.join(features)}; {model_path}) into {path}")
+    return 0
+
+
 def cmd_merge(args) -> int:
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
@@ -201,7 +249,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m optscale.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("pools", "score", "merge", "info", "regrade"):
+    for name in ("pools", "score", "combine", "merge", "info", "regrade"):
         p = sub.add_parser(name)
         p.add_argument("--profile", default="cpu")
         p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
@@ -224,10 +272,16 @@ def main(argv=None) -> int:
             p.add_argument("--scorer", required=True)
             p.add_argument("--ray", default="", metavar="ADDRESS", help="score on a Ray cluster (as for pools)")
             p.add_argument("--ray-workers", type=int, default=0, help="Ray workers holding the scorer")
+        if name == "combine":
+            p.add_argument("--name", default="combined",
+                           help="the combination: a key of scoring.combinations, stored as score__<name>")
+            p.add_argument("--model", default="",
+                           help="a fitted combination's JSON instead of scoring.combinations[<name>] "
+                                "(e.g. data/study/cpu-1.5b/combined.json, from optscale.study combine)")
         if name == "info":
             p.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     args = ap.parse_args(argv)
-    return {"pools": cmd_pools, "score": cmd_score, "merge": cmd_merge, "info": cmd_info,
+    return {"pools": cmd_pools, "score": cmd_score, "combine": cmd_combine, "merge": cmd_merge, "info": cmd_info,
             "regrade": cmd_regrade}[args.cmd](args)
 
 

@@ -101,6 +101,13 @@ def test_primary_scorer_per_benchmark():
     assert load_config("cpu").scoring.primary_for("math500") == "self-certainty"
     with pytest.raises(ConfigError, match=r"scoring.primary_by_benchmark.math500='prm' is not among scoring.scorers"):
         load_config("cpu", "scoring.primary_by_benchmark.math500=prm")
+    # a fitted combination of features (scoring.combinations) may be the primary scorer too
+    cfg = load_config("cpu", "scoring.combinations.mix=data/study/x.json, scoring.primary_by_benchmark.math500=mix")
+    assert cfg.scoring.primary_for("math500") == "mix" and cfg.scoring.primary_for("gsm8k") == "self-certainty"
+    with pytest.raises(ConfigError, match=r"scoring.combinations: \['lm-judge'\] are also in scoring.scorers"):
+        load_config("cpu", "scoring.combinations.lm-judge=data/study/x.json")
+    with pytest.raises(ConfigError, match=r"'mix' is not among scoring.scorers=.* or scoring.combinations=\['other'\]"):
+        load_config("cpu", "scoring.combinations.other=x.json, scoring.primary_by_benchmark.math500=mix")
     with pytest.raises(ConfigError, match=r"scoring.primary_by_benchmark: unknown benchmark 'math501'"):
         load_config("cpu", {"scoring": {"primary_by_benchmark": {"math501": "lm-judge"}}})
     with pytest.raises(ConfigError, match=r"config key .scoring.primary_by_benchmark. is a per-benchmark table; set its entries"):

@@ -365,6 +365,43 @@ def test_generate_regrade_command(tmp_path, capsys):
     assert main(args) == 1 and "checkpoint.jsonl exists" in capsys.readouterr().err
 
 
+def test_generate_combine_command_writes_the_fitted_combination(tmp_path, capsys):
+    """`generate combine` applies a fitted combination (a study's combined.json) to a pool, and
+    refuses with the pool's name when a feature is unscored or a generation's checkpoint exists."""
+    from optscale.generate import main
+    from optscale.sampling.verifier_fit import combined_scores
+
+    cfg, path = _make_pool(tmp_path)
+    model = {"features": ["self-certainty", "log-tokens"], "mean": [0.0, 3.0], "scale": [1.0, 0.5],
+             "coef": [1.5, -0.7], "intercept": 0.2}
+    mpath = tmp_path / "combined.json"
+    mpath.write_text(json.dumps(model))
+    args = ["combine", "--profile", "cpu", "--datasets", "gsm8k", "--model", str(mpath), "--overrides",
+            f"pools.pool_dir={tmp_path}, pools.pool_name=fake"]
+    assert main(args) == 0 and "wrote score__combined (self-certainty, log-tokens;" in capsys.readouterr().out
+    pool = read_pool(path)
+    assert np.allclose(pool.df["score__combined"], combined_scores(pool, model))
+    assert pool.meta["scorers"]["combined"]["model"] == str(mpath)
+    # the profile names it (scoring.combinations), so the policies can use it as their primary scorer
+    by_config = ["combine", "--profile", "cpu", "--datasets", "gsm8k", "--name", "mix", "--overrides",
+                 f"pools.pool_dir={tmp_path}, pools.pool_name=fake, scoring.combinations.mix={mpath}, "
+                 "scoring.primary_by_benchmark.gsm8k=mix"]
+    assert main(by_config) == 0
+    pool = read_pool(path)
+    assert np.allclose(pool.df["score__mix"], pool.df["score__combined"])
+    assert main([a for a in args if a not in ("--model", str(mpath))] + ["--name", "nope"]) == 2
+    assert "no --model and no scoring.combinations.nope" in capsys.readouterr().err
+    # a feature the pool has not scored: a clear error naming the pool and column, nothing written
+    mpath.write_text(json.dumps({**model, "features": ["answer-judge", "log-tokens"]}))
+    assert main(args) == 1
+    assert f"{path}: no score__answer-judge column" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(read_pool(path).df, pool.df)
+    path.with_suffix(".checkpoint.jsonl").write_text("")
+    assert main(args) == 1 and "checkpoint.jsonl exists" in capsys.readouterr().err
+    mpath.write_text("{}")
+    assert main(args) == 2 and "not a fitted combination" in capsys.readouterr().err
+
+
 def test_resuming_a_pool_of_an_older_grading_rule_regrades_it(tmp_path):
     from optscale.data.grading import GRADING_RULE_VERSION
 

@@ -142,9 +142,17 @@ def _validate(cfg: RunConfig) -> None:
     bad_offset = {k: v for k, v in d.offset.items() if not isinstance(v, int) or v < 0}
     if bad_offset:
         raise ConfigError(f"data.offset: values must be non-negative integers, got {bad_offset}")
-    if cfg.scoring.primary not in cfg.scoring.scorers:
+    combos = cfg.scoring.combinations
+    if not isinstance(combos, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in combos.items()):
+        raise ConfigError(f"scoring.combinations={combos!r}: a mapping name -> path of a fitted combination (JSON)")
+    clash = sorted(set(combos) & set(cfg.scoring.scorers))
+    if clash:
+        raise ConfigError(f"scoring.combinations: {clash} are also in scoring.scorers; a combination needs its own name")
+    known = tuple(cfg.scoring.scorers) + tuple(combos)
+    if cfg.scoring.primary not in known:
         raise ConfigError(
             f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}"
+            + (f" or scoring.combinations={list(combos)}" if combos else "")
         )
     by_benchmark = cfg.scoring.primary_by_benchmark
     if not isinstance(by_benchmark, dict):
@@ -152,9 +160,10 @@ def _validate(cfg: RunConfig) -> None:
     for ds, scorer in by_benchmark.items():
         if ds not in BENCHMARKS:
             raise ConfigError(f"scoring.primary_by_benchmark: unknown benchmark {ds!r}; known {list(BENCHMARKS)}")
-        if scorer not in cfg.scoring.scorers:
+        if scorer not in known:
             raise ConfigError(f"scoring.primary_by_benchmark.{ds}={scorer!r} is not among "
-                              f"scoring.scorers={cfg.scoring.scorers}")
+                              f"scoring.scorers={cfg.scoring.scorers}"
+                              + (f" or scoring.combinations={list(combos)}" if combos else ""))
     if cfg.scoring.aggregation not in ("mean", "min", "last", "prod"):
         raise ConfigError(f"scoring.aggregation={cfg.scoring.aggregation!r}: use mean|min|last|prod")
     if cfg.evaluation.protocol not in ("crossfit", "calibrated"):

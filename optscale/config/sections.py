@@ -86,6 +86,12 @@ class ScoringConfig:
     # Per-benchmark exceptions to `primary`, e.g. {math500: answer-judge}: a pool set whose best
     # verifier differs by benchmark (chosen on study questions, not on the pools it is used on).
     primary_by_benchmark: dict[str, str] = field(default_factory=dict)
+    # Derived scorers: name -> a fitted combination of per-sample features (the JSON that
+    # `python -m optscale.study combine` writes, e.g. data/study/cpu-1.5b/combined.json; a relative
+    # path is read from the project root). `python -m optscale.generate combine` writes its
+    # score__<name> column into the pools once every feature is scored; `primary` /
+    # `primary_by_benchmark` may name one.
+    combinations: dict[str, str] = field(default_factory=dict)
     aggregation: str = "mean"  # step-score aggregation: mean | min | last | prod (paper: mean)
     judge_template: str = "judge.txt"
     answer_judge_template: str = "answer_judge.txt"  # scorer "answer-judge"

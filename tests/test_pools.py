@@ -15,7 +15,7 @@ import pytest
 
 from optscale.config import RunConfig, load_config
 from optscale.data.benchmarks import Problem
-from optscale.data.pools import PoolError, read_pool, replay_orders, subsample, write_pool
+from optscale.data.pools import PoolError, read_pool, replay_orders, score_pool, subsample, write_pool
 from optscale.data.generation import generate_pool, merge_checkpoint
 from optscale.sampling.fake import FAKE_GOLD, FakeSampler
 from optscale.sampling.scorers import get_scorer
@@ -363,6 +363,28 @@ def test_generate_regrade_command(tmp_path, capsys):
                           "single-sample accuracy ") and "grading unresolved (CPU budget) for 0 samples" in out
     path.with_suffix(".checkpoint.jsonl").write_text("")
     assert main(args) == 1 and "checkpoint.jsonl exists" in capsys.readouterr().err
+
+
+def test_a_pool_grows_after_an_offline_scorer_and_the_scorer_then_completes_it(tmp_path):
+    """A pool scored offline (`generate score`), then grown by a resumed generation: the new
+    questions' rows are merged unscored (score NaN, step scores None), and `score` fills only them."""
+    cfg, path = _make_pool(tmp_path, n_q=2)
+    judge = get_scorer("tail-confidence", cfg.scoring)
+    score_pool(path, judge, {p.id: p.question for p in _problems(2)}, progress=False)
+    sampler = FakeSampler(cfg.sampling)
+    generate_pool(cfg, "gsm8k", _problems(4), sampler, [get_scorer("self-certainty", cfg.scoring)],
+                  progress=False, flush_every=1)
+    grown = read_pool(path, allow_partial_scores=True)
+    assert grown.n_questions == 4
+    new = grown.df["question_id"].isin(["q2", "q3"])
+    assert grown.df.loc[new, "score__tail-confidence"].isna().all()
+    assert grown.df.loc[new, "step_scores__tail-confidence"].map(lambda v: v is None).all()
+    assert grown.df.loc[~new, "score__tail-confidence"].notna().all()
+    before = grown.df.loc[~new, "score__tail-confidence"].to_numpy()
+    score_pool(path, judge, {p.id: p.question for p in _problems(4)}, progress=False)
+    done = read_pool(path)  # complete again: strict validation passes
+    assert np.array_equal(done.df.loc[~new, "score__tail-confidence"].to_numpy(), before)
+    assert done.df["score__tail-confidence"].notna().all()
 
 
 def test_generate_combine_command_writes_the_fitted_combination(tmp_path, capsys):

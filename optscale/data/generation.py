@@ -148,6 +148,10 @@ def _merge_checkpoint_rows(path: Path, ckpt: Path, base_df: pd.DataFrame | None,
     flags = new_df.pop("grading_unresolved") if "grading_unresolved" in new_df else None
     parts = ([base_df] if base_df is not None else []) + [new_df]
     df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
+    # a column scored offline (`generate score`) before the pool grew: its new rows are unscored
+    # (score NaN, step scores None, as `open_score_column` leaves them; concat would give NaN)
+    for col in [c for c in df.columns if c.startswith("step_scores__")]:
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
     older_pool = base_df is not None and meta.get("grading", {}).get("version") != GRADING_RULE_VERSION
     if older_pool or flags is None or flags.isna().any():
         # a pool begun under an older grading rule, or checkpoint rows an older version wrote

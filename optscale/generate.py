@@ -149,7 +149,9 @@ def cmd_combine(args) -> int:
                   "run `merge` once it has stopped, then combine", file=sys.stderr)
             return 1
         try:
-            add_combined_score(path, model_path, args.name)
+            # the pool's metadata names the file relative to the project, not this machine's path
+            source = model_path.relative_to(PROJECT_ROOT) if model_path.is_relative_to(PROJECT_ROOT) else model_path
+            add_combined_score(path, model_path, args.name, source=str(source))
         except (KeyError, ValueError) as e:
             print(f"{ds}: {e.args[0] if e.args else e}; nothing written", file=sys.stderr)
             return 1

@@ -81,6 +81,28 @@ def test_committed_pool_has_every_target_question_and_sample(profile, name, data
 
 
 @pytest.mark.parametrize("profile,name", CASES)
+def test_committed_pool_carries_its_primary_scorer_up_to_date(profile, name):
+    """The scorer the policies read on this benchmark is in the pool; a fitted combination
+    (scoring.combinations) is what its model gives on every sample now, so a pool that grew
+    after `generate combine` ran fails here until it runs again."""
+    import json
+
+    from optscale.config import PROJECT_ROOT
+    from optscale.sampling.verifier_fit import combined_scores
+
+    cfg = profile_config(profile)
+    pool = committed_pool(profile, name)
+    primary = cfg.scoring.primary_for(name)
+    assert primary in pool.scorers, f"{profile}/{name}: no score__{primary} (the primary scorer) in the pool"
+    for combo, model_path in cfg.scoring.combinations.items():
+        if combo in pool.scorers:
+            model = json.loads((PROJECT_ROOT / model_path).read_text())
+            assert np.allclose(pool.df[f"score__{combo}"].to_numpy(float), combined_scores(pool, model)), (
+                f"{profile}/{name}: score__{combo} is stale; run `python -m optscale.generate combine "
+                f"--profile {profile} --datasets {name}`")
+
+
+@pytest.mark.parametrize("profile,name", CASES)
 def test_committed_pool_regrades_the_same(profile, name):
     """The stored answer and correctness are what today's extraction + math-verify give (a
     truncated sample without a stated answer has none), and the metadata names today's rule."""

@@ -96,10 +96,12 @@ def combined_scores(pool: Pool, model: dict[str, Any]) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(z @ np.asarray(model["coef"]) + model["intercept"])))
 
 
-def add_combined_score(path: str | Path, model_path: str | Path, name: str = "combined") -> Path:
-    """Write ``score__<name>`` (and one-step ``step_scores__<name>``) into the pool at ``path``."""
+def add_combined_score(path: str | Path, model_path: str | Path, name: str = "combined",
+                       source: str | None = None) -> Path:
+    """Write ``score__<name>`` (and one-step ``step_scores__<name>``) into the pool at ``path``;
+    its metadata names the model file as ``source`` (default ``model_path``)."""
     from ..data.pools import read_pool, write_score_column
 
     model = json.loads(Path(model_path).read_text())
     s = combined_scores(read_pool(path, allow_partial_scores=True), model)
-    return write_score_column(path, name, s, {"scorer": name, "model": str(model_path), **model})
+    return write_score_column(path, name, s, {"scorer": name, "model": source or str(model_path), **model})

@@ -111,6 +111,16 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _checkpoint_in_the_way(ds: str, path, then: str) -> bool:
+    """True (and says so) when a generation's checkpoint sits beside the pool: a generation is
+    running or stopped unmerged, and rewriting the Parquet file now could lose or be lost."""
+    ckpt = path.with_suffix(".checkpoint.jsonl")
+    if ckpt.is_file():
+        print(f"{ds}: {ckpt} exists (a generation running or stopped); run `merge` once it has stopped, "
+              f"then {then}", file=sys.stderr)
+    return ckpt.is_file()
+
+
 def cmd_combine(args) -> int:
     """Write ``score__<name>``: a fitted logistic-regression combination of per-sample features
     (``scoring.combinations[<name>]``, or ``--model``; ``python -m optscale.study combine`` fits
@@ -128,8 +138,7 @@ def cmd_combine(args) -> int:
     if args.model:
         model_path = Path(args.model)
     elif args.name in combos:
-        model_path = Path(combos[args.name])
-        model_path = model_path if model_path.is_absolute() else PROJECT_ROOT / model_path
+        model_path = cfg.scoring.combination_path(args.name)
     else:
         print(f"combine: no --model and no scoring.combinations.{args.name} in profile {args.profile!r} "
               f"(it has {list(combos)})", file=sys.stderr)
@@ -139,19 +148,17 @@ def cmd_combine(args) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"combine: {model_path}: not a fitted combination with a 'features' list ({e!r})", file=sys.stderr)
         return 2
+    # the pools' metadata names the file relative to the project, not this machine's path
+    source = str(model_path.relative_to(PROJECT_ROOT) if model_path.is_relative_to(PROJECT_ROOT) else model_path)
     for ds in datasets:
         path = pool_path(cfg, ds)
         if not path.is_file():
             print(f"{ds}: no pool at {path}, skipped", file=sys.stderr)
             continue
-        if path.with_suffix(".checkpoint.jsonl").is_file():  # a running generation would overwrite the column
-            print(f"{ds}: {path.with_suffix('.checkpoint.jsonl')} exists (a generation running or stopped); "
-                  "run `merge` once it has stopped, then combine", file=sys.stderr)
+        if _checkpoint_in_the_way(ds, path, "combine"):  # a running generation would overwrite the column
             return 1
         try:
-            # the pool's metadata names the file relative to the project, not this machine's path
-            source = model_path.relative_to(PROJECT_ROOT) if model_path.is_relative_to(PROJECT_ROOT) else model_path
-            add_combined_score(path, model_path, args.name, source=str(source))
+            add_combined_score(path, model_path, args.name, source=source)
         except (KeyError, ValueError) as e:
             print(f"{ds}: {e.args[0] if e.args else e}; nothing written", file=sys.stderr)
             return 1
@@ -183,9 +190,7 @@ def cmd_regrade(args) -> int:
         if not path.is_file():
             print(f"{ds}: no pool at {path}", file=sys.stderr)
             continue
-        if path.with_suffix(".checkpoint.jsonl").is_file():
-            print(f"{ds}: {path.with_suffix('.checkpoint.jsonl')} exists (a generation running or stopped); "
-                  "run `merge` once it has stopped, then regrade", file=sys.stderr)
+        if _checkpoint_in_the_way(ds, path, "regrade"):
             return 1
         r = regrade_pool(path)
         g = r["grading"]

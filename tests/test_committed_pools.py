@@ -87,16 +87,15 @@ def test_committed_pool_carries_its_primary_scorer_up_to_date(profile, name):
     after `generate combine` ran fails here until it runs again."""
     import json
 
-    from optscale.config import PROJECT_ROOT
     from optscale.sampling.verifier_fit import combined_scores
 
     cfg = profile_config(profile)
     pool = committed_pool(profile, name)
     primary = cfg.scoring.primary_for(name)
     assert primary in pool.scorers, f"{profile}/{name}: no score__{primary} (the primary scorer) in the pool"
-    for combo, model_path in cfg.scoring.combinations.items():
+    for combo in cfg.scoring.combinations:
         if combo in pool.scorers:
-            model = json.loads((PROJECT_ROOT / model_path).read_text())
+            model = json.loads(cfg.scoring.combination_path(combo).read_text())
             assert np.allclose(pool.df[f"score__{combo}"].to_numpy(float), combined_scores(pool, model)), (
                 f"{profile}/{name}: score__{combo} is stale; run `python -m optscale.generate combine "
                 f"--profile {profile} --datasets {name}`")

@@ -102,6 +102,11 @@ class ScoringConfig:
     prm_model: str = "Qwen/Qwen2.5-Math-PRM-7B"  # GPU PRM (scorer "prm")
     prm_batch_size: int = 8
 
+    def combination_path(self, name: str) -> Path:
+        """The fitted model file of combination ``name`` (``combinations[name]``; a relative path
+        is read from the project root)."""
+        return PROJECT_ROOT / self.combinations[name]
+
     def primary_for(self, dataset: str) -> str:
         """The scorer policies use on ``dataset``: ``primary_by_benchmark[dataset]``, else ``primary``."""
         return self.primary_by_benchmark.get(dataset, self.primary)

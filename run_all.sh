@@ -3,13 +3,15 @@
 #
 #   bash run_all.sh [--profile NAME] [--run-id ID] [--only PATTERN] [--overrides "a.b=1,c.d=2"]
 #
+# Without --profile: optscale.config.DEFAULT_PROFILE (cpu-1.5b, which needs llama.cpp:
+# scripts/install_llama_cpp.sh); --profile cpu runs the 0.5B weak-verifier pools.
 # Writes outputs/<run-id>/ with the executed notebooks (notebooks/), figures/, tables/, the
 # papermill logs (logs/) and manifest.json (config, git hash, package versions, seeds, pool
 # checksums). Stops at the first failing notebook, names it, and exits non-zero.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PROFILE="cpu"
+PROFILE=""
 RUN_ID=""
 ONLY=""
 OVERRIDES=""
@@ -24,19 +26,27 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+if [[ -z "$PROFILE" ]]; then
+  PROFILE="$(python -c 'from optscale.config import DEFAULT_PROFILE; print(DEFAULT_PROFILE)')"
+fi
 if [[ ! -f "$ROOT/profiles/$PROFILE.yaml" ]]; then
   echo "run_all.sh: no profile '$PROFILE'; available: $(cd "$ROOT/profiles" && ls *.yaml | sed 's/.yaml//' | tr '\n' ' ')" >&2
   exit 2
 fi
 # Validate the profile and overrides before running anything (unknown keys, bad types and values
-# raise a ConfigError, printed as one line).
+# raise a ConfigError, printed as one line), and check that the profile's sampling backend is
+# installed: the live notebooks (00, 07-09) would otherwise fail after the others have run.
 python -c "
 import sys
 from optscale.config import ConfigError, load_config
+from optscale.sampling import missing_backend_library
 try:
-    load_config(sys.argv[1], sys.argv[2])
+    cfg = load_config(sys.argv[1], sys.argv[2])
 except ConfigError as e:
     sys.exit(f'run_all.sh: bad configuration: {e}')
+missing = missing_backend_library(cfg.sampling.backend)
+if missing:
+    sys.exit(f'run_all.sh: profile {sys.argv[1]!r}: {missing} (or run another profile: --profile cpu)')
 " "$PROFILE" "$OVERRIDES" || exit 2
 
 RUN_ID="${RUN_ID:-${PROFILE}-$(date -u +%Y%m%d-%H%M%S)}"

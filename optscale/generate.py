@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from .config import load_config
+from .config import DEFAULT_PROFILE, load_config
 from .data.benchmarks import load_benchmark
 from .data.generation import generate_pool, merge_checkpoint
 from .data.pools import pool_path, read_pool, score_pool
@@ -88,6 +88,10 @@ def cmd_pools(args) -> int:
 def cmd_score(args) -> int:
     cfg = load_config(args.profile, args.overrides)
     datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    # a running generation flushes the pool from memory and would drop the new column: refuse
+    # before loading the scorer
+    if any([_checkpoint_in_the_way(ds, pool_path(cfg, ds), "score") for ds in datasets]):
+        return 1
     if args.ray:  # the scorer (e.g. the PRM) runs on the Ray workers, not here
         from .sampling.distributed import RayPoolSampler, score_pool_ray
 
@@ -252,13 +256,13 @@ def cmd_info(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m optscale.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("pools", "score", "combine", "merge", "info", "regrade"):
         p = sub.add_parser(name)
-        p.add_argument("--profile", default="cpu")
+        p.add_argument("--profile", default=DEFAULT_PROFILE)
         p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
         p.add_argument("--datasets", default="", help="comma-separated subset of the profile's benchmarks")
         if name == "pools":
@@ -287,7 +291,11 @@ def main(argv=None) -> int:
                                 "(e.g. data/study/cpu-1.5b/combined.json, from optscale.study combine)")
         if name == "info":
             p.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     return {"pools": cmd_pools, "score": cmd_score, "combine": cmd_combine, "merge": cmd_merge, "info": cmd_info,
             "regrade": cmd_regrade}[args.cmd](args)
 

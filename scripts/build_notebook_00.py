@@ -11,7 +11,7 @@ random sample orders, with bootstrap CIs over questions), and score histograms o
 wrong samples per scorer. Everything is computed by `optscale` (`optscale.evaluation.curves`,
 `optscale.evaluation.pool_figures`); this notebook only calls it and saves figures and tables to the run
 folder."""),
-code('''profile: str = "cpu"  # profile in profiles/
+code('''profile: str = "cpu-1.5b"  # profile in profiles/
 run_dir: str = "outputs/dev"  # where figures/tables go
 overrides: str = ""  # dotted overrides, e.g. pools.replay_orders=50
 scorer: str = ""  # scorer for Best-of-N, empty means each benchmark's primary scorer (scoring.primary_for)

@@ -14,7 +14,7 @@ were added with `python -m optscale.study score`. This notebook reads those comm
 accuracy, truncation, code-writing, tokens/s per arm, and per verifier the AUROC pooled and
 within questions (what Best-of-N selection depends on), the token-count baseline, and BoN@n minus
 single-sample accuracy, all with 95% bootstrap CIs over questions."""),
-    code('''profile: str = "cpu"  # profile in profiles/
+    code('''profile: str = "cpu-1.5b"  # profile in profiles/
 run_dir: str = "outputs/dev"  # where figures/tables go
 overrides: str = ""  # dotted overrides
 arms: str = ""  # comma-separated arms, empty = every arm with samples''', metadata={"tags": ["parameters"]}),

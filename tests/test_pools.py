@@ -387,6 +387,26 @@ def test_a_pool_grows_after_an_offline_scorer_and_the_scorer_then_completes_it(t
     assert done.df["score__tail-confidence"].notna().all()
 
 
+def test_generate_score_command_scores_and_refuses_beside_a_generation(tmp_path, capsys, monkeypatch):
+    """`generate score` adds the scorer's column; with a generation's checkpoint beside the pool
+    (a running generation rewrites the file from memory) it refuses, names the file, writes nothing."""
+    import optscale.generate as generate
+
+    cfg, path = _make_pool(tmp_path, n_q=3)
+    monkeypatch.setattr(generate, "load_benchmark", lambda ds, data_dir: _problems(3))
+    args = ["score", "--profile", "cpu", "--datasets", "gsm8k", "--scorer", "tail-confidence", "--overrides",
+            f"pools.pool_dir={tmp_path}, pools.pool_name=fake"]
+    ckpt = path.with_suffix(".checkpoint.jsonl")
+    ckpt.write_text("")
+    before = read_pool(path).df
+    assert generate.main(args) == 1
+    assert f"gsm8k: {ckpt} exists" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(read_pool(path).df, before)
+    ckpt.unlink()
+    assert generate.main(args) == 0
+    assert read_pool(path).df["score__tail-confidence"].notna().all()
+
+
 def test_generate_combine_command_writes_the_fitted_combination(tmp_path, capsys):
     """`generate combine` applies a fitted combination (a study's combined.json) to a pool, and
     refuses with the pool's name when a feature is unscored or a generation's checkpoint exists."""

@@ -1,5 +1,6 @@
 """run_all.sh executes notebooks for real, stops at the first failure and names it."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,8 +29,11 @@ def workbook(tmp_path):
     return tmp_path
 
 
-def _run(wb, *args):
-    return subprocess.run(["bash", str(wb / "run_all.sh"), *args], capture_output=True, text=True, timeout=300)
+def _run(wb, *args, pythonpath=None):
+    env = None
+    if pythonpath is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(["bash", str(wb / "run_all.sh"), *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_runs_in_order_and_writes_outputs(workbook):
@@ -96,3 +100,56 @@ def test_bad_configuration_is_one_line_not_a_traceback(workbook):
         assert r.returncode == 2
         assert r.stderr.startswith("run_all.sh: bad configuration: ") and message in r.stderr
         assert "Traceback" not in r.stderr and not (workbook / "outputs").exists()
+
+
+def test_without_a_profile_every_entry_point_uses_the_default_profile(workbook, tmp_path):
+    """Issue 16 item 7: the 1.5B set is the default of run_all.sh, of every notebook's ``profile``
+    parameter (and the scripts that build notebooks 00 / 04), of load_config and of the generate CLI."""
+    from optscale.config import DEFAULT_PROFILE, load_config
+
+    assert DEFAULT_PROFILE == "cpu-1.5b" and load_config().profile == DEFAULT_PROFILE
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        params = [c for c in nbf.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1 and f'profile: str = "{DEFAULT_PROFILE}"' in params[0].source, nb.name
+    for builder in ("build_notebook_00.py", "build_notebook_04.py"):
+        assert f'profile: str = "{DEFAULT_PROFILE}"' in (ROOT / "scripts" / builder).read_text(), builder
+    from optscale import generate
+    assert generate._parser().parse_args(["info"]).profile == DEFAULT_PROFILE
+
+    # a stand-in llama_cpp module passes the backend check; the toy notebook records its profile
+    fake = tmp_path / "site"
+    (fake / "llama_cpp").mkdir(parents=True)
+    (fake / "llama_cpp" / "__init__.py").write_text("")
+    _nb(workbook / "notebooks" / "00_first.ipynb",
+        "from pathlib import Path\nPath(run_dir, 'profile.txt').write_text(profile)")
+    r = _run(workbook, "--run-id", "d1", pythonpath=fake)
+    assert r.returncode == 0, r.stderr
+    assert (workbook / "outputs" / "d1" / "profile.txt").read_text() == DEFAULT_PROFILE
+
+
+def test_a_profile_whose_backend_is_not_installed_is_refused_before_any_notebook(workbook, tmp_path):
+    """Without llama.cpp the default profile's live notebooks would fail after the others ran:
+    run_all.sh refuses at once and names the install script (llama_cpp hidden via sitecustomize)."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['llama_cpp'] = None\n")
+    _nb(workbook / "notebooks" / "00_first.ipynb", "raise SystemExit('must not run')")
+    r = _run(workbook, "--profile", "cpu-1.5b", pythonpath=hide)
+    assert r.returncode == 2, r.stderr
+    assert "profile 'cpu-1.5b'" in r.stderr and "scripts/install_llama_cpp.sh" in r.stderr
+    assert "Traceback" not in r.stderr and not (workbook / "outputs").exists()
+    r = _run(workbook, "--profile", "smoke", "--run-id", "s", "--only", "nothing", pythonpath=hide)
+    assert r.returncode == 0, r.stderr  # the 0.5B profiles sample with transformers: not affected
+
+
+def test_missing_backend_library_names_what_to_install(monkeypatch):
+    import importlib.util
+
+    from optscale.sampling import missing_backend_library
+
+    assert missing_backend_library("fake") is None and missing_backend_library("hf-cpu") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert "bash scripts/install_llama_cpp.sh" in missing_backend_library("llama-cpp")
+    assert "'vllm'" in missing_backend_library("vllm")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert missing_backend_library("llama-cpp") is None

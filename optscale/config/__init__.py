@@ -23,13 +23,14 @@ Modules: :mod:`~optscale.config.sections` (the section dataclasses and their def
 
 
 from .run import RunConfig, available_profiles, load_config, parse_overrides, profile_path
-from .sections import (BENCHMARKS, PROFILES_DIR, PROJECT_ROOT, ConfigError, DataConfig, EvaluationConfig, FitConfig,
+from .sections import (BENCHMARKS, DEFAULT_PROFILE, PROFILES_DIR, PROJECT_ROOT, ConfigError, DataConfig, EvaluationConfig, FitConfig,
                        PoolConfig, PredictorConfig, SamplingConfig, ScoringConfig, SystemsConfig, TheoryConfig)
 
 __all__ = [
     "BENCHMARKS",
     "PROJECT_ROOT",
     "PROFILES_DIR",
+    "DEFAULT_PROFILE",
     "ConfigError",
     "RunConfig",
     "load_config",

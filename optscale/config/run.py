@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from .checks import _validate
-from .sections import (BENCHMARKS, ConfigError, DataConfig, EvaluationConfig, FitConfig, PROFILES_DIR, PoolConfig,
+from .sections import (BENCHMARKS, DEFAULT_PROFILE, ConfigError, DataConfig, EvaluationConfig, FitConfig, PROFILES_DIR, PoolConfig,
                        PredictorConfig, SamplingConfig, ScoringConfig, SystemsConfig, TheoryConfig)
 
 __all__ = ["RunConfig", "load_config", "profile_path", "available_profiles"]
@@ -244,7 +244,7 @@ def _split_overrides(text: str) -> list[str]:
 
 
 def load_config(
-    profile: str = "cpu", overrides: str | Mapping[str, Any] | None = None, run_id: str | None = None
+    profile: str = DEFAULT_PROFILE, overrides: str | Mapping[str, Any] | None = None, run_id: str | None = None
 ) -> RunConfig:
     """Defaults <- profile (with ``extends``) <- overrides. Unknown keys raise ConfigError."""
     base = RunConfig().to_dict()

@@ -10,10 +10,15 @@ __all__ = [
     "BENCHMARKS",
     "ConfigError",
     "PROJECT_ROOT",
+    "DEFAULT_PROFILE",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = PROJECT_ROOT / "profiles"
+# The profile that run_all.sh, the notebooks' ``profile`` parameter, ``python -m optscale.generate``
+# and load_config() use when none is named: the 1.5B pools, whose GSM8K verifier ranks samples
+# (issue 16). ``cpu`` is the 0.5B weak-verifier set.
+DEFAULT_PROFILE = "cpu-1.5b"
 BENCHMARKS = ("math500", "gsm8k", "aime24", "aime25", "amc23")
 
 

@@ -13,6 +13,7 @@ the learned verifier combination (:mod:`~optscale.sampling.verifier_fit`) and Ra
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 from ..registry import Registry
@@ -33,9 +34,29 @@ def get_sampler(name: str, config: "SamplingConfig", **kwargs) -> Sampler:
     return SAMPLERS.build(name, config, **kwargs)
 
 
+# Backends whose library is not a dependency of the package: the module each imports and how to get it.
+BACKEND_LIBRARIES: dict[str, tuple[str, str]] = {
+    "llama-cpp": ("llama_cpp", "bash scripts/install_llama_cpp.sh"),
+    "vllm": ("vllm", "pip install vllm, on a machine with a CUDA GPU"),
+}
+
+
+def missing_backend_library(name: str) -> str | None:
+    """None when sampler backend ``name`` can be imported here, else one line saying what to install
+    (checked without importing the library, so a run can refuse before it starts)."""
+    if name not in BACKEND_LIBRARIES:
+        return None
+    module, how = BACKEND_LIBRARIES[name]
+    if importlib.util.find_spec(module) is not None:
+        return None
+    return f"sampling.backend={name!r} needs the Python module {module!r}, which is not installed: {how}"
+
+
 __all__ = [
     "SAMPLERS",
     "get_sampler",
+    "BACKEND_LIBRARIES",
+    "missing_backend_library",
     "Sampler",
     "SampleRequest",
     "Completion",

@@ -153,10 +153,10 @@ def test_generate_info_prints_every_scorer_and_the_token_baseline(capsys):
     from optscale.generate import main
 
     fast = "pools.replay_orders=5,evaluation.bootstrap_reps=50"
-    assert main(["info", "--datasets", "amc23", "--overrides", fast, "--format", "markdown"]) == 0
+    assert main(["info", "--profile", "cpu", "--datasets", "amc23", "--overrides", fast, "--format", "markdown"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2].startswith("| amc23 | 40 x 8 |") and "| lm-judge |" in out[2] and "| self-certainty |" in out[3]
-    assert main(["info", "--datasets", "amc23", "--overrides", fast]) == 0
+    assert main(["info", "--profile", "cpu", "--datasets", "amc23", "--overrides", fast]) == 0
     text = capsys.readouterr().out
     assert "token count alone (shorter = predicted correct): AUROC pooled" in text
     assert "self-certainty: AUROC pooled 0.616, within questions" in text  # after the grading-rule-2 regrade

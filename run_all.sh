@@ -34,8 +34,9 @@ if [[ ! -f "$ROOT/profiles/$PROFILE.yaml" ]]; then
   exit 2
 fi
 # Validate the profile and overrides before running anything (unknown keys, bad types and values
-# raise a ConfigError, printed as one line), and check that the profile's sampling backend is
-# installed: the live notebooks (00, 07-09) would otherwise fail after the others have run.
+# raise a ConfigError, printed as one line), and, for a whole run, check that the profile's sampling
+# backend is installed: the live notebooks (00, 07-09) would otherwise fail after the others ran.
+# (With --only, a notebook that needs the sampler says so itself.)
 python -c "
 import sys
 from optscale.config import ConfigError, load_config
@@ -44,10 +45,10 @@ try:
     cfg = load_config(sys.argv[1], sys.argv[2])
 except ConfigError as e:
     sys.exit(f'run_all.sh: bad configuration: {e}')
-missing = missing_backend_library(cfg.sampling.backend)
+missing = missing_backend_library(cfg.sampling.backend) if sys.argv[3] == 'all' else None
 if missing:
     sys.exit(f'run_all.sh: profile {sys.argv[1]!r}: {missing} (or run another profile: --profile cpu)')
-" "$PROFILE" "$OVERRIDES" || exit 2
+" "$PROFILE" "$OVERRIDES" "${ONLY:-all}" || exit 2
 
 RUN_ID="${RUN_ID:-${PROFILE}-$(date -u +%Y%m%d-%H%M%S)}"
 RUN_DIR="$ROOT/outputs/$RUN_ID"

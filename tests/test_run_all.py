@@ -138,8 +138,12 @@ def test_a_profile_whose_backend_is_not_installed_is_refused_before_any_notebook
     assert r.returncode == 2, r.stderr
     assert "profile 'cpu-1.5b'" in r.stderr and "scripts/install_llama_cpp.sh" in r.stderr
     assert "Traceback" not in r.stderr and not (workbook / "outputs").exists()
-    r = _run(workbook, "--profile", "smoke", "--run-id", "s", "--only", "nothing", pythonpath=hide)
-    assert r.returncode == 0, r.stderr  # the 0.5B profiles sample with transformers: not affected
+    r = _run(workbook, "--profile", "smoke", "--run-id", "s", pythonpath=hide)
+    assert r.returncode == 1 and "must not run" in r.stderr  # the 0.5B profiles sample with transformers
+    # a partial run (--only) is not refused: the notebooks from the pools need no sampler
+    _nb(workbook / "notebooks" / "01_pools.ipynb", "x = 1")
+    r = _run(workbook, "--profile", "cpu-1.5b", "--run-id", "p", "--only", "01_", pythonpath=hide)
+    assert r.returncode == 0, r.stderr
 
 
 def test_missing_backend_library_names_what_to_install(monkeypatch):

@@ -37,7 +37,7 @@ def get_sampler(name: str, config: "SamplingConfig", **kwargs) -> Sampler:
 # Backends whose library is not a dependency of the package: the module each imports and how to get it.
 BACKEND_LIBRARIES: dict[str, tuple[str, str]] = {
     "llama-cpp": ("llama_cpp", "bash scripts/install_llama_cpp.sh"),
-    "vllm": ("vllm", "pip install vllm, on a machine with a CUDA GPU"),
+    "vllm": ("vllm", 'pip install -e ".[gpu]", on a machine with a CUDA GPU'),
 }
 
 

@@ -48,9 +48,14 @@ def _print_summary(sampler, t0, n0) -> None:
               f"{sampler.format_summary()}", file=sys.stderr)
 
 
+def _datasets(args, cfg) -> list[str]:
+    """``--datasets`` (comma-separated), else every benchmark of the profile."""
+    return args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+
+
 def cmd_pools(args) -> int:
     cfg = load_config(args.profile, args.overrides)
-    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    datasets = _datasets(args, cfg)
     sampler, scorers = _pools_sampler(cfg, args)
     problems = {ds: _problems(cfg, ds) for ds in datasets}
     deadline = time.time() + args.hours * 3600 if args.hours else None
@@ -87,7 +92,7 @@ def cmd_pools(args) -> int:
 
 def cmd_score(args) -> int:
     cfg = load_config(args.profile, args.overrides)
-    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    datasets = _datasets(args, cfg)
     # a running generation flushes the pool from memory and would drop the new column: refuse
     # before loading the scorer
     if any([_checkpoint_in_the_way(ds, pool_path(cfg, ds), "score") for ds in datasets]):
@@ -137,7 +142,7 @@ def cmd_combine(args) -> int:
     from .sampling.verifier_fit import add_combined_score
 
     cfg = load_config(args.profile, args.overrides)
-    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    datasets = _datasets(args, cfg)
     combos = cfg.scoring.combinations
     if args.model:
         model_path = Path(args.model)
@@ -172,7 +177,7 @@ def cmd_combine(args) -> int:
 
 def cmd_merge(args) -> int:
     cfg = load_config(args.profile, args.overrides)
-    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    datasets = _datasets(args, cfg)
     for ds in datasets:
         path = pool_path(cfg, ds)
         merged = merge_checkpoint(path)
@@ -188,7 +193,7 @@ def cmd_regrade(args) -> int:
     from .data.generation import regrade_pool
 
     cfg = load_config(args.profile, args.overrides)
-    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    datasets = _datasets(args, cfg)
     for ds in datasets:
         path = pool_path(cfg, ds)
         if not path.is_file():
@@ -219,7 +224,7 @@ def cmd_info(args) -> int:
     from .data.pools import replay_orders
 
     cfg = load_config(args.profile, args.overrides)
-    datasets = args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    datasets = _datasets(args, cfg)
     rows = []
     for ds in datasets:
         path = pool_path(cfg, ds)

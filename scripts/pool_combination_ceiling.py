@@ -13,27 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 from optscale.config import DEFAULT_PROFILE, load_config
-from optscale.data.pools import pool_path, read_pool
-from optscale.evaluation.curves import auroc_summary
+from optscale.data.pools import pool_path, read_pool, replay_orders
+from optscale.evaluation.curves import answer_labels, auroc_summary, bon_correct, bootstrap_mean_ci
 from optscale.sampling.verifier_fit import fit_combination
 
 
-def _report(label: str, pool, scores: np.ndarray, reps: int = 2000, seed: int = 0) -> str:
-    df = pool.df.assign(_s=scores).sort_values(["question_id", "sample_index"])
-    q = df["question_id"].nunique()
-    n = len(df) // q
-    y = df["correct"].to_numpy(bool).reshape(q, n)
-    s = df["_s"].to_numpy(float).reshape(q, n)
-    a = auroc_summary(s, y)
-    gain = y[np.arange(q), s.argmax(1)].astype(float) - y.mean(1)
-    rng = np.random.default_rng(seed)
-    boots = [gain[rng.integers(0, q, q)].mean() for _ in range(reps)]
+def _report(label: str, pool, column: str, reps: int = 2000, seed: int = 0) -> str:
+    """Within-question AUROC and BoN@n - single of the pool's ``score__<column>``, with the project's
+    Best-of-n rule (a sample without an answer never wins unless none has one) and bootstrap CIs."""
+    scores, correct = pool.scores(column), pool.correct()
+    a = auroc_summary(scores, correct, reps, seed)
+    q, n = scores.shape
+    bon = bon_correct(scores, correct, replay_orders(q, n, 1, seed), n, answered=answer_labels(pool) >= 0)[0]
+    gain, lo, hi = bootstrap_mean_ci(bon - correct.mean(1), reps, seed)
     return (f"{label}: within-question AUROC {a['within']:.3f} [{a['within_lo']:.3f}, {a['within_hi']:.3f}] "
-            f"({a['within_questions']} mixed questions); BoN@{n} - single {gain.mean():+.3f} "
-            f"[{np.quantile(boots, 0.025):+.3f}, {np.quantile(boots, 0.975):+.3f}]")
+            f"({a['within_questions']} mixed questions); BoN@{n} - single {gain:+.3f} [{lo:+.3f}, {hi:+.3f}]")
 
 
 def main() -> None:
@@ -49,7 +44,9 @@ def main() -> None:
     for feats in (features, [f for f in features if f != "answer-judge"]):
         for c in (0.1, 1.0):
             oof, _ = fit_combination([pool], feats, folds=5, seed=0, C=c)
-            print(_report(f"out-of-fold, C={c}, {len(feats)} features", pool, oof[0]))
+            column = f"oof-{len(feats)}-features-C{c}"  # its own column: Pool caches matrices by column
+            pool.df[f"score__{column}"] = oof[0]  # in pool.df's row order, as fit_combination returns it
+            print(_report(f"out-of-fold, C={c}, {len(feats)} features", pool, column))
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ try:
     cfg = load_config(sys.argv[1], sys.argv[2])
 except ConfigError as e:
     sys.exit(f'run_all.sh: bad configuration: {e}')
-missing = missing_backend_library(cfg.sampling.backend) if sys.argv[3] == 'all' else None
+missing = missing_backend_library(cfg.sampling.backend) if not sys.argv[3] else None
 if missing:
     sys.exit(f'run_all.sh: profile {sys.argv[1]!r}: {missing} (or run another profile: --profile cpu)')
-" "$PROFILE" "$OVERRIDES" "${ONLY:-all}" || exit 2
+" "$PROFILE" "$OVERRIDES" "$ONLY" || exit 2
 
 RUN_ID="${RUN_ID:-${PROFILE}-$(date -u +%Y%m%d-%H%M%S)}"
 RUN_DIR="$ROOT/outputs/$RUN_ID"

@@ -1,8 +1,9 @@
 """The committed CPU pools (data/pools/) match their benchmarks and profiles and regrade the same.
 
-Two pool sets: the ``cpu`` profile's (0.5B, complete) and the ``cpu-1.5b`` profile's (1.5B, committed
-in chunks while it is generated: each of its pools must hold the first k of the profile's seeded
-stratified question order, every sample of each; a benchmark not started yet is skipped).
+Two pool sets, both complete: the ``cpu`` profile's (0.5B) and the ``cpu-1.5b`` profile's (1.5B, the
+profile's seeded stratified question selection). A pool set that is still being generated (not in
+``COMPLETE``) is checked as a prefix: each of its pools must hold the first k of the profile's question
+order, every sample of each, and a benchmark not started yet is skipped.
 
 These check the artifacts every notebook reads: a pool that lost questions, was generated with
 another setting, or was graded by an older grader fails here, naming the benchmark and question.
@@ -21,7 +22,13 @@ from optscale.data.selection import config_problems
 
 
 PROFILES = ("cpu", "cpu-1.5b")
-COMPLETE = {"cpu"}  # pool sets that must be complete; the others are checked as a prefix
+COMPLETE = {"cpu", "cpu-1.5b"}  # pool sets that must be complete; the others are checked as a prefix
+# pool sets begun before sampling.backend / prompt_template / top_k / repetition_penalty / system_prompt
+# were stored in a pool's metadata
+BEFORE_SAMPLING_KEYS = {"cpu"}
+# pool sets that carry every scorer of the profile on every benchmark (elsewhere the offline judge
+# is run only where it is used, e.g. the 1.5B answer judge on MATH-500)
+JUDGED_EVERYWHERE = {"cpu"}
 
 
 @cache
@@ -67,13 +74,13 @@ def test_committed_pool_has_every_target_question_and_sample(profile, name, data
     assert pool.meta["max_new_tokens"] == want.max_new_tokens[name]
     assert (sampling["model"], sampling["temperature"], sampling["top_p"], sampling["seed"]) == (
         want.model, want.temperature, want.top_p, want.seed)
-    if profile not in COMPLETE:  # the keys a pool set begun after they existed must also match
+    if profile not in BEFORE_SAMPLING_KEYS:  # the keys a pool set begun after they existed must also match
         assert (sampling["backend"], sampling["prompt_template"], sampling["top_k"], sampling["repetition_penalty"],
                 sampling["system_prompt"]) == (want.backend, want.prompt_template, want.top_k,
                                                want.repetition_penalty, want.system_prompt)
     assert int(pool.df["n_tokens"].max()) <= pool.meta["max_new_tokens"]
     # every scorer the profile names that is computed while sampling (the judge comes afterwards)
-    online = [sc for sc in cfg.scoring.scorers if profile in COMPLETE or sc in pool.scorers or "judge" not in sc]
+    online = [sc for sc in cfg.scoring.scorers if profile in JUDGED_EVERYWHERE or sc in pool.scorers or "judge" not in sc]
     assert set(online) <= set(pool.scorers), f"{profile}/{name}: scorers {set(online) - set(pool.scorers)} missing"
     for scorer in online:
         s = pool.scores(scorer)

@@ -48,5 +48,6 @@ def main() -> None:
               f"({r[f'auroc_within_questions_{column}']} mixed questions); "
               f"BoN@{n} - single {r[g]:+.3f} [{r[g + '_lo']:+.3f}, {r[g + '_hi']:+.3f}]")
 
+
 if __name__ == "__main__":
     main()

@@ -1,9 +1,8 @@
 """The committed CPU pools (data/pools/) match their benchmarks and profiles and regrade the same.
 
 Two pool sets, both complete: the ``cpu`` profile's (0.5B) and the ``cpu-1.5b`` profile's (1.5B, the
-profile's seeded stratified question selection). A pool set that is still being generated (not in
-``COMPLETE``) is checked as a prefix: each of its pools must hold the first k of the profile's question
-order, every sample of each, and a benchmark not started yet is skipped.
+profile's seeded stratified question selection). Each pool holds exactly the profile's questions,
+every sample of each.
 
 These check the artifacts every notebook reads: a pool that lost questions, was generated with
 another setting, or was graded by an older grader fails here, naming the benchmark and question.
@@ -22,7 +21,6 @@ from optscale.data.selection import config_problems
 
 
 PROFILES = ("cpu", "cpu-1.5b")
-COMPLETE = {"cpu", "cpu-1.5b"}  # pool sets that must be complete; the others are checked as a prefix
 # pool sets begun before sampling.backend / prompt_template / top_k / repetition_penalty / system_prompt
 # were stored in a pool's metadata
 BEFORE_SAMPLING_KEYS = {"cpu"}
@@ -42,10 +40,7 @@ CASES = [(profile, name) for profile in PROFILES for name in profile_config(prof
 @cache
 def committed_pool(profile, name):
     """Each committed pool, read (and validated) once for this module's tests."""
-    path = pool_path(profile_config(profile), name)
-    if profile not in COMPLETE and not path.is_file():
-        pytest.skip(f"{profile}: no {name} pool committed yet ({path})")
-    return read_pool(path)
+    return read_pool(pool_path(profile_config(profile), name))
 
 
 @pytest.mark.parametrize("profile,name", CASES)
@@ -55,12 +50,7 @@ def test_committed_pool_has_every_target_question_and_sample(profile, name, data
     problems = config_problems(cfg, name, data_dir)
     n = cfg.sampling.n_samples[name]
 
-    if profile in COMPLETE:
-        assert pool.question_ids == [p.id for p in problems], f"{name}: pool questions differ from the benchmark's"
-    else:  # generated in the selection's order: a prefix of it, never more than the target
-        k = pool.n_questions
-        assert 0 < k <= len(problems) and pool.question_ids == [p.id for p in problems[:k]], (
-            f"{profile}/{name}: pool questions are not the first {k} of the profile's selection")
+    assert pool.question_ids == [p.id for p in problems], f"{profile}/{name}: pool questions differ from the profile's selection"
     per_question = pool.df.groupby("question_id", sort=False)["sample_index"].apply(sorted)
     wrong = {q: s for q, s in per_question.items() if s != list(range(n))}
     assert not wrong, f"{name}: questions without sample indices 0..{n - 1}: {list(wrong)[:5]}"

@@ -17,14 +17,48 @@ ONLY=""
 OVERRIDES=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --profile) PROFILE="$2"; shift 2 ;;
-    --run-id) RUN_ID="$2"; shift 2 ;;
-    --only) ONLY="$2"; shift 2 ;;
-    --overrides) OVERRIDES="$2"; shift 2 ;;
+    --profile|--run-id|--only|--overrides)
+      if [[ $# -lt 2 || "$2" == --* ]]; then
+        echo "run_all.sh: $1 needs a value (see --help)" >&2
+        exit 2
+      fi
+      case "$1" in
+        --profile) PROFILE="$2" ;; --run-id) RUN_ID="$2" ;; --only) ONLY="$2" ;; --overrides) OVERRIDES="$2" ;;
+      esac
+      shift 2 ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# The run id and the profile name a folder under outputs/ and a file under profiles/: plain names
+# only (letters, digits, '.', '_', '-'; no '/', nothing starting with '.'), so nothing is written
+# outside outputs/.
+for pair in "--run-id:$RUN_ID" "--profile:$PROFILE"; do
+  option="${pair%%:*}" value="${pair#*:}"
+  if [[ -n "$value" && ! "$value" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+    echo "run_all.sh: $option '$value': not a plain name (letters, digits, '.', '_', '-'; no '/', not starting with '.')" >&2
+    exit 2
+  fi
+done
+# --only PATTERN must match a notebook: a typo would otherwise run nothing and exit 0.
+if [[ -n "$ONLY" ]]; then
+  matched="" all=""
+  for nb in "$ROOT"/notebooks/[0-9][0-9]_*.ipynb; do
+    [[ -f "$nb" ]] || continue
+    name="$(basename "$nb" .ipynb)"
+    all+=" $name"
+    if [[ "$name" == *$ONLY* ]]; then matched=1; fi
+  done
+  if [[ -z "$matched" ]]; then
+    echo "run_all.sh: --only '$ONLY' matches no notebook; notebooks:${all:- none}" >&2
+    exit 2
+  fi
+fi
+
+# A fresh clone sets itself up: scripts/setup.sh installs the package when it is missing (and, below,
+# the profile's sampler library), one line per step saying what it does and how long it usually takes.
+SETUP="$ROOT/scripts/setup.sh"
+if [[ -f "$SETUP" ]]; then bash "$SETUP" package || exit 2; fi
 
 if [[ -z "$PROFILE" ]]; then
   PROFILE="$(python -c 'from optscale.config import DEFAULT_PROFILE; print(DEFAULT_PROFILE)')"
@@ -34,10 +68,12 @@ if [[ ! -f "$ROOT/profiles/$PROFILE.yaml" ]]; then
   exit 2
 fi
 # Validate the profile and overrides before running anything (unknown keys, bad types and values
-# raise a ConfigError, printed as one line), and, for a whole run, check that the profile's sampling
+# raise a ConfigError, printed as one line), and, for a whole run, make sure the profile's sampling
 # backend is installed: the live notebooks (00, 07-09) would otherwise fail after the others ran.
+# llama.cpp is installed here when missing (scripts/setup.sh llama-cpp); vLLM needs a GPU machine.
 # (With --only, a notebook that needs the sampler says so itself.)
-python -c "
+check_config() {
+  python -c "
 import sys
 from optscale.config import ConfigError, load_config
 from optscale.sampling import missing_backend_library
@@ -46,9 +82,21 @@ try:
 except ConfigError as e:
     sys.exit(f'run_all.sh: bad configuration: {e}')
 missing = missing_backend_library(cfg.sampling.backend) if not sys.argv[3] else None
-if missing:
+if missing and cfg.sampling.backend == 'llama-cpp' and sys.argv[4] == 'installable':
+    print(cfg.sampling.backend)  # run_all.sh installs it
+elif missing:
     sys.exit(f'run_all.sh: profile {sys.argv[1]!r}: {missing} (or run another profile: --profile cpu)')
-" "$PROFILE" "$OVERRIDES" "$ONLY" || exit 2
+" "$PROFILE" "$OVERRIDES" "$ONLY" "$1"
+}
+if [[ -f "$SETUP" ]]; then
+  backend_to_install="$(check_config installable)" || exit 2
+  if [[ -n "$backend_to_install" ]]; then
+    bash "$SETUP" "$backend_to_install" || exit 2
+    check_config checked >/dev/null || exit 2
+  fi
+else
+  check_config checked >/dev/null || exit 2
+fi
 
 RUN_ID="${RUN_ID:-${PROFILE}-$(date -u +%Y%m%d-%H%M%S)}"
 RUN_DIR="$ROOT/outputs/$RUN_ID"
@@ -65,7 +113,7 @@ for nb in "${notebooks[@]}"; do
   start=$(date +%s)
   echo "== $name"
   if ! papermill "$nb" "$RUN_DIR/notebooks/$name.ipynb" \
-        -p profile "$PROFILE" -p run_dir "$RUN_DIR" -p overrides "$OVERRIDES" \
+        -r profile "$PROFILE" -r run_dir "$RUN_DIR" -r overrides "$OVERRIDES" \
         --cwd "$ROOT" --log-output --no-progress-bar > "$RUN_DIR/logs/$name.log" 2>&1; then
     echo "run_all.sh: notebook $name FAILED; executed copy: $RUN_DIR/notebooks/$name.ipynb, log: $RUN_DIR/logs/$name.log" >&2
     tail -n 30 "$RUN_DIR/logs/$name.log" >&2
@@ -84,3 +132,10 @@ m["outputs"] = {"figures": figs, "tables": tabs}
 (run / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True, default=str))
 print(f"done: {len(figs)} figures, {len(tabs)} tables, manifest {run / 'manifest.json'}")
 PY
+# The results page: every executed notebook rendered to HTML (html/), each figure with its caption,
+# each table and the manifest, linked from outputs/<run>/index.html with relative links.
+# `optscale report outputs/<run>` (python -m optscale.report) writes it again.
+python -m optscale.report "$RUN_DIR" || {
+  echo "run_all.sh: writing the results page failed (the notebooks ran); retry: python -m optscale.report $RUN_DIR" >&2
+  exit 1
+}

@@ -1,61 +1,229 @@
-"""Batched truncated-normal fit vs one scipy L-BFGS-B fit per question.
+"""Truncated-normal prefix fits, as the OptScale policies ask for them: throughput before / after,
+and the log-likelihood (MLE) or MAP objective against a per-question scipy reference.
 
-Prints, from one run on the same simulated questions: both timings, the speed ratio (goal >= 50x)
-and the worst relative log-likelihood gap (goal: batched >= per-question - 1e-6 relative).
+The workload is what :func:`optscale.evaluation.replay.warm_fit_cache` hands
+:func:`optscale.theory.fits.fit_truncnorm`: for each question and sample order, the first n scores
+for n = 1..N (``optscale-seq`` fits every prefix; ``optscale-0`` / ``-t`` the one at k), as rows of
+one batched call with a mask. Scores are **simulated** (truncated normals with mu in [0.1, 1.1]
+and sigma in [0.01, 0.4], the shapes of PRM-like scores) or, with ``--pool``, the committed
+pool's real scores of one scorer. MAP uses the policies' prior: the population prior of
+``PoolArrays.population_prior`` (medians of the per-question MLE fits to all scores), default
+prior scales (0.1, 0.1), strength 1.
 
-    nice -n 19 python benchmarks/bench_fits.py [--questions 1000] [--k 20] [--seed 0]
+- "after": this checkout's ``fit_truncnorm`` (the MLE table start, then batched Newton; MAP from
+  the data moments and from the prior mode). Timed after one warm-up call, which builds the table.
+- "before": the same rows through ``fit_truncnorm`` of commit ``--baseline`` (default: the commit
+  before the fast fit), unpacked with ``git archive`` into a temporary folder and run in a
+  subprocess on the same input; skipped with a note where git or the commit is missing.
+- scipy reference, on ``--check`` random rows: ``scipy.optimize.minimize`` (L-BFGS-B, the same
+  box, ftol 1e-15, gtol 1e-10) on ``scipy.stats.truncnorm.logpdf``, started from the data moments
+  and (MAP) from the prior mode, and for MLE also from the box centre; the best of its starts.
+  Printed: max |loglik(ours) - loglik(scipy)| (MLE; MAP: of the objective, and of the
+  log-likelihood at the optimum), with the count of rows where either side is better by > 1e-6,
+  and max |our reported loglik - scipy.stats.truncnorm.logpdf summed at our estimate|.
+
+    nice -n 19 python benchmarks/bench_fits.py [--questions 250] [--orders 20] [--n 16]
+        [--pool data/pools/<set>/math500.parquet --scorer self-certainty] [--check 400] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy import optimize, stats
 
 from optscale.theory.fits import MU_BOUNDS, SIGMA_BOUNDS, fit_truncnorm
 
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_COMMIT = "8756770"  # the last commit before the fast fit (issue 28 item 5)
+_BASELINE_FILES = ["optscale/__init__.py", "optscale/registry.py", "optscale/theory/__init__.py",
+                   "optscale/theory/fits.py", "optscale/theory/truncnorm.py"]
 
-def scipy_fit(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """The per-question reference: L-BFGS-B on scipy's truncnorm log-likelihood, same bounds."""
 
-    def nll(p):
-        return -stats.truncnorm.logpdf(x, -p[0] / p[1], (1 - p[0]) / p[1], loc=p[0], scale=p[1]).sum()
+def simulated_scores(questions: int, n: int, rng) -> np.ndarray:
+    """(questions, n) simulated truncated-normal scores (the benchmark's default workload)."""
+    mu = rng.uniform(0.1, 1.1, questions)
+    sigma = np.exp(rng.uniform(np.log(0.01), np.log(0.4), questions))
+    return stats.truncnorm.rvs(-mu[:, None] / sigma[:, None], (1 - mu[:, None]) / sigma[:, None],
+                               loc=mu[:, None], scale=sigma[:, None], size=(questions, n), random_state=rng)
 
-    x0 = [np.clip(x.mean(), *MU_BOUNDS), np.clip(x.std(), *SIGMA_BOUNDS)]
-    o = optimize.minimize(nll, x0, method="L-BFGS-B", bounds=[MU_BOUNDS, SIGMA_BOUNDS])
-    return o.x, -o.fun
+
+def pool_scores(path: str, scorer: str, n: int) -> np.ndarray:
+    """(questions, n) real scores of ``scorer`` from a committed pool (questions with n of them)."""
+    import pandas as pd
+
+    df = pd.read_parquet(path).sort_values(["question_index", "sample_index"])
+    col = f"score__{scorer}"
+    if col not in df.columns:
+        raise SystemExit(f"{path}: no column {col!r}")
+    s = df.pivot(index="question_index", columns="sample_index", values=col).to_numpy(float)
+    s = s[np.isfinite(s[:, :n]).all(axis=1), :n]
+    if s.shape[1] < n:
+        raise SystemExit(f"{path}: fewer than {n} samples per question")
+    return s
+
+
+def prefix_rows(scores: np.ndarray, orders: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``X`` (R, n) and mask ``M``: every prefix 1..n of every question under ``orders``
+    seeded orders (order 0 the pool's own), R = questions x orders x n."""
+    q, n = scores.shape
+    xs, ms = [], []
+    for o in range(orders):
+        perm = np.tile(np.arange(n), (q, 1)) if o == 0 else np.argsort(rng.random((q, n)), axis=1)
+        xo = np.take_along_axis(scores, perm, axis=1)
+        for k in range(1, n + 1):
+            m = np.zeros((q, n), dtype=bool)
+            m[:, :k] = True
+            xs.append(np.where(m, xo, 0.0))
+            ms.append(m)
+    return np.concatenate(xs), np.concatenate(ms)
+
+
+def timed_fit(X, M, prior, threads: int):
+    """``fit_truncnorm`` on all rows (split over ``threads`` threads); returns (seconds, mu, sigma,
+    loglik, objective) with objective = -logpost for MAP, -loglik for MLE."""
+    def run(sl):
+        r = fit_truncnorm(X[sl], mask=M[sl], prior=prior)
+        obj = -(r.logpost if prior is not None else r.loglik)
+        return r.mu, r.sigma, r.loglik, obj
+
+    t0 = time.perf_counter()
+    if threads <= 1:
+        parts = [run(slice(None))]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        bounds = np.linspace(0, X.shape[0], threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as ex:
+            parts = list(ex.map(run, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    dt = time.perf_counter() - t0
+    return (dt, *(np.concatenate([p[j] for p in parts]) for j in range(4)))
+
+
+def baseline_fit(X, M, prior, commit: str):
+    """The same fit with ``fit_truncnorm`` of ``commit`` in a subprocess: (seconds, mu, sigma,
+    loglik, objective), or a string saying why not."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tar = subprocess.run(["git", "-C", str(ROOT), "archive", commit, *_BASELINE_FILES],
+                                 capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=tar, check=True)
+            np.savez(Path(tmp) / "rows.npz", X=X, M=M, prior=np.array(prior if prior is not None else []))
+            code = (
+                "import sys, time, numpy as np\n"
+                f"sys.path.insert(0, {tmp!r})\n"
+                "import optscale.theory.fits as F\n"
+                f"assert F.__file__.startswith({tmp!r}), F.__file__\n"
+                f"d = np.load({str(Path(tmp) / 'rows.npz')!r})\n"
+                "pr = tuple(d['prior']) or None\n"
+                "t0 = time.perf_counter(); r = F.fit_truncnorm(d['X'], mask=d['M'], prior=pr); dt = time.perf_counter() - t0\n"
+                "obj = -(r.logpost if pr is not None else r.loglik)\n"
+                f"np.savez({str(Path(tmp) / 'out.npz')!r}, dt=dt, mu=r.mu, sigma=r.sigma, loglik=r.loglik, obj=obj)\n"
+            )
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp,
+                           env={**os.environ, "PYTHONPATH": tmp})
+            o = np.load(Path(tmp) / "out.npz")
+            return float(o["dt"]), o["mu"], o["sigma"], o["loglik"], o["obj"]
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        return f"baseline {commit} not run: {e}"
+
+
+def _scipy_objective(x, prior):
+    mu0, s0 = (prior[0], prior[1]) if prior is not None else (0.0, 0.0)
+
+    def fun(p):
+        ll = stats.truncnorm.logpdf(x, -p[0] / p[1], (1 - p[0]) / p[1], loc=p[0], scale=p[1]).sum()
+        pen = 0.0 if prior is None else (p[0] - mu0) ** 2 / (2 * 0.1**2) + (p[1] - s0) ** 2 / (2 * 0.1**2)
+        return -ll + pen
+    return fun
+
+
+def scipy_fit(x: np.ndarray, prior) -> tuple[np.ndarray, float]:
+    """The per-question reference: best L-BFGS-B of its starts (see the module docstring)."""
+    fun = _scipy_objective(x, prior)
+    starts = [[np.clip(x.mean(), *MU_BOUNDS), np.clip(x.std(), *SIGMA_BOUNDS)]]
+    starts.append([prior[0], prior[1]] if prior is not None else [0.5, 0.3])
+    best = None
+    for s in starts:
+        o = optimize.minimize(fun, s, method="L-BFGS-B", bounds=[MU_BOUNDS, SIGMA_BOUNDS],
+                              options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000})
+        if best is None or o.fun < best.fun:
+            best = o
+    return best.x, float(best.fun)
+
+
+def check_against_scipy(X, M, prior, mu, sigma, obj, loglik, rows) -> str:
+    ref_obj, ref_ll, ll_scipy_at_ours = [], [], []
+    for i in rows:
+        x = X[i][M[i]]
+        p, f = scipy_fit(x, prior)
+        ref_obj.append(f)
+        ref_ll.append(stats.truncnorm.logpdf(x, -p[0] / p[1], (1 - p[0]) / p[1], loc=p[0], scale=p[1]).sum())
+        ll_scipy_at_ours.append(stats.truncnorm.logpdf(x, -mu[i] / sigma[i], (1 - mu[i]) / sigma[i],
+                                                       loc=mu[i], scale=sigma[i]).sum())
+    d_obj = obj[rows] - np.array(ref_obj)  # > 0: ours worse
+    d_ll = loglik[rows] - np.array(ref_ll)
+    own = np.abs(loglik[rows] - np.array(ll_scipy_at_ours))
+    what = "loglik" if prior is None else "MAP objective"
+    out = (f"  vs scipy on {len(rows)} rows: max |{what} difference| {np.abs(d_obj).max():.2e} "
+           f"(ours worse by > 1e-6 on {(d_obj > 1e-6).sum()}, better by > 1e-6 on {(d_obj < -1e-6).sum()})")
+    if prior is not None:
+        out += f"; max |loglik difference| at the optimum {np.abs(d_ll).max():.2e}"
+    within = np.abs(d_obj) <= 1e-6
+    out += (f"\n  max |{what} difference| where neither is better by > 1e-6: {np.abs(d_obj[within]).max():.2e}; "
+            f"max |reported loglik - scipy.stats.truncnorm.logpdf sum at our estimate| {own.max():.2e}")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--questions", type=int, default=1000)
-    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--questions", type=int, default=250)
+    ap.add_argument("--orders", type=int, default=20)
+    ap.add_argument("--n", type=int, default=16, help="samples per question (prefixes 1..n)")
+    ap.add_argument("--pool", default=None, help="a pool Parquet file: real scores instead of simulated")
+    ap.add_argument("--scorer", default="self-certainty")
+    ap.add_argument("--check", type=int, default=400, help="rows checked against scipy per variant")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--baseline", default=BASELINE_COMMIT)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
-    q = a.questions
-    mu = rng.uniform(0.1, 1.1, q)
-    sigma = np.exp(rng.uniform(np.log(0.01), np.log(0.4), q))
-    x = stats.truncnorm.rvs(-mu[:, None] / sigma[:, None], (1 - mu[:, None]) / sigma[:, None], loc=mu[:, None],
-                            scale=sigma[:, None], size=(q, a.k), random_state=rng)
-
-    t0 = time.perf_counter()
-    r = fit_truncnorm(x)
-    t_batch = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = [scipy_fit(x[i]) for i in range(q)]
-    t_loop = time.perf_counter() - t0
-    ll_ref = np.array([v for _, v in ref])
-    rel = (r.loglik - ll_ref) / np.abs(ll_ref)
-    print(f"questions={q} k={a.k} seed={a.seed}")
-    print(f"batched fit_truncnorm:          {t_batch:.3f} s ({r.info['iterations']} Newton iterations, "
-          f"{r.converged.mean():.1%} converged)")
-    print(f"per-question scipy L-BFGS-B:    {t_loop:.2f} s")
-    print(f"speed ratio scipy/batched: {t_loop / t_batch:.0f}x")
-    print(f"relative loglik (batched - scipy)/|scipy|: min {rel.min():.2e}, max {rel.max():.2e}; "
-          f"batched worse by > 1e-6 on {(rel < -1e-6).sum()} questions, better by > 1e-6 on {(rel > 1e-6).sum()}")
+    if a.pool:
+        scores = pool_scores(a.pool, a.scorer, a.n)[: a.questions]
+        source = f"real scores: {a.pool} ({a.scorer})"
+    else:
+        scores = simulated_scores(a.questions, a.n, rng)
+        source = "simulated truncated-normal scores"
+    X, M = prefix_rows(scores, a.orders, rng)
+    full = fit_truncnorm(scores)
+    prior = (float(np.median(full.mu)), float(np.median(full.sigma)))
+    print(f"{source}: {scores.shape[0]} questions x {a.orders} orders x prefixes 1..{a.n} = {X.shape[0]} fits "
+          f"per variant; threads {a.threads}; CPU: {os.cpu_count()} cores visible")
+    check_rows = np.sort(rng.choice(X.shape[0], min(a.check, X.shape[0]), replace=False))
+    for name, pr in (("MLE (optscale-0)", None), (f"MAP (optscale-t/-seq), population prior "
+                                                   f"({prior[0]:.3f}, {prior[1]:.3f})", prior)):
+        fit_truncnorm(X[:64], mask=M[:64], prior=pr)  # warm-up: builds the MLE table
+        dt, mu, sigma, loglik, obj = timed_fit(X, M, pr, a.threads)
+        print(f"{name}:")
+        print(f"  after:  {dt:.3f} s, {X.shape[0] / dt:.3g} fits/s")
+        base = baseline_fit(X, M, pr, a.baseline)
+        if isinstance(base, str):
+            print(f"  before: {base}")
+        else:
+            bdt, bmu, bsig, bll, bobj = base
+            worse = obj - bobj
+            print(f"  before: {bdt:.3f} s, {X.shape[0] / bdt:.3g} fits/s (commit {a.baseline}, 1 thread); "
+                  f"speed-up {bdt / dt:.1f}x")
+            print(f"  objective after - before: max {worse.max():.2e} (after worse by > 1e-6 on {(worse > 1e-6).sum()} "
+                  f"rows), min {worse.min():.2e} (after better by > 1e-6 on {(worse < -1e-6).sum()})")
+        print(check_against_scipy(X, M, pr, mu, sigma, obj, loglik, check_rows))
 
 
 if __name__ == "__main__":

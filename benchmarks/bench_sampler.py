@@ -1,9 +1,14 @@
 """CPU generation throughput of the shipped models, measured in one run (ratios, not asserts).
 
-On the same GSM8K prompt, number of sequences and token budget, for one model:
+First, this CPU's torch matmul speed in bfloat16 and float32 (GFLOP/s of a (64 x 1536) @ (1536 x 8960)
+matmul, the 1.5B model's MLP shape, on one thread and on all threads), the CPU's model name and flags,
+and what ``sampling.dtype: auto`` chooses here: on a CPU without AVX512_BF16 / AMX, bfloat16 is
+emulated and far slower than float32. Then, on the same GSM8K prompt, number of sequences and token
+budget, for one model:
 
-- ``hf-generate/bf16``: transformers ``model.generate`` in bfloat16 (the reference loop);
-- ``hf-cpu/bf16``: the project's transformers sampler (prefill once, drop finished sequences,
+- ``hf-generate/<dtype>``: transformers ``model.generate`` (the reference loop), in ``--dtype``
+  (default ``auto``: :func:`optscale.sampling.hf_models.resolve_dtype`);
+- ``hf-cpu/<dtype>``: the project's transformers sampler (prefill once, drop finished sequences,
   records log-probs);
 - ``llama-cpp``: the project's llama.cpp sampler (one batch, the prompt's KV cells shared by all
   sequences, llama.cpp's sampler chain, records raw log-probs and top-k confidences);
@@ -14,6 +19,7 @@ On the same GSM8K prompt, number of sequences and token budget, for one model:
 
     python benchmarks/bench_sampler.py --model qwen2.5-coder-1.5b-instruct [--n 16] [--tokens 128]
     python benchmarks/bench_sampler.py --backends llama-cpp,llama-cpp-raw   # skip transformers
+    python benchmarks/bench_sampler.py --backends matmul                   # only the dtype speeds (~5 s)
 
 Run it alone: a second process on the two cores makes every number meaningless.
 """
@@ -28,6 +34,33 @@ from optscale.config import SamplingConfig
 from optscale.data.benchmarks import load_benchmark
 from optscale.sampling import SampleRequest, get_sampler
 from optscale.sampling.base import derive_seed, load_prompt_template
+
+
+MATMUL_SHAPE = (64, 1536, 8960)
+
+
+def bench_matmul() -> None:
+    """Print bf16 and fp32 matmul GFLOP/s on one thread and on all, and the dtype auto chooses."""
+    import torch
+
+    from optscale.sampling.cpu import cpu_summary, matmul_gflops
+    from optscale.sampling.hf_models import dtype_choice
+
+    cpu = cpu_summary()
+    have = [f for f, on in cpu["flags"].items() if on]
+    print(f"CPU {cpu['model_name']} ({cpu['cores']} cores), flags: {', '.join(have) or 'none of interest'}; "
+          f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
+    m, k, n = MATMUL_SHAPE
+    threads = torch.get_num_threads()
+    for t in sorted({1, threads}):
+        torch.set_num_threads(t)
+        rate = {name: matmul_gflops(dt, MATMUL_SHAPE, budget_s=1.0, max_reps=20)
+                for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+        print(f"matmul ({m} x {k}) @ ({k} x {n}), {t} thread(s): float32 {rate['float32']:.1f} GFLOP/s, "
+              f"bfloat16 {rate['bfloat16']:.1f} GFLOP/s (bf16 / fp32 = {rate['bfloat16'] / rate['float32']:.2f})")
+    torch.set_num_threads(threads)
+    choice = dtype_choice("auto", "cpu")
+    print(f"sampling.dtype auto -> {choice['chosen']} ({choice['reason']})")
 
 
 def bench_hf_generate(model, tok, prompt_ids, n, tokens):
@@ -88,9 +121,14 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct-q4")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--backends", default="hf-generate,hf-cpu,llama-cpp,llama-cpp-raw")
+    ap.add_argument("--backends", default="matmul,hf-generate,hf-cpu,llama-cpp,llama-cpp-raw")
+    ap.add_argument("--dtype", default="auto", help="transformers dtype: auto, float32, bfloat16")
     args = ap.parse_args()
     want = args.backends.split(",")
+    if "matmul" in want:
+        bench_matmul()
+        if set(want) == {"matmul"}:
+            return
     q = load_benchmark("gsm8k")[0].question
     prompt = load_prompt_template("math_words.txt").replace("{question}", q).strip()
     req = SampleRequest(prompt=prompt, n=args.n, max_new_tokens=args.tokens, seed=0)
@@ -98,16 +136,17 @@ def main() -> None:
                          max_new_tokens={"gsm8k": args.tokens})
     results = {}
     if {"hf-generate", "hf-cpu"} & set(want):
-        from optscale.sampling.hf_models import load_causal_lm
+        from optscale.sampling.hf_models import load_causal_lm, resolve_dtype
 
-        model, tok = load_causal_lm(args.model, "bfloat16")
+        dtype = resolve_dtype(args.dtype)
+        model, tok = load_causal_lm(args.model, dtype)
         s = get_sampler("hf-cpu", cfg, model=model, tokenizer=tok)
         if "hf-generate" in want:
-            results["hf-generate/bf16"] = bench_hf_generate(model, tok, s.prompt_ids(req), args.n, args.tokens)
+            results[f"hf-generate/{dtype}"] = bench_hf_generate(model, tok, s.prompt_ids(req), args.n, args.tokens)
         if "hf-cpu" in want:
             t = time.perf_counter()
             comps = s.generate([req])[0]
-            results["hf-cpu/bf16"] = (sum(c.n_tokens for c in comps), time.perf_counter() - t, None)
+            results[f"hf-cpu/{dtype}"] = (sum(c.n_tokens for c in comps), time.perf_counter() - t, None)
         del model, s
     if {"llama-cpp", "llama-cpp-raw"} & set(want):
         s = get_sampler("llama-cpp", cfg)
@@ -131,8 +170,9 @@ def main() -> None:
     rate = {k: n / dt for k, (n, dt, _) in results.items()}
     if "llama-cpp" in rate and "llama-cpp-raw" in rate:
         print(f"ratio llama-cpp / llama-cpp-raw: {rate['llama-cpp'] / rate['llama-cpp-raw']:.2f}")
-    if "llama-cpp" in rate and "hf-cpu/bf16" in rate:
-        print(f"ratio llama-cpp / hf-cpu bf16: {rate['llama-cpp'] / rate['hf-cpu/bf16']:.2f}")
+    hf = next((k for k in rate if k.startswith("hf-cpu/")), None)
+    if "llama-cpp" in rate and hf:
+        print(f"ratio llama-cpp / {hf}: {rate['llama-cpp'] / rate[hf]:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 The package follows the pipeline, one subpackage per stage::
 
-    data.benchmarks ─> sampling (samplers) ─> data.pools ─> sampling.scorers / data.grading
+    data.benchmarks ─> sampling (samplers) ─> data.pools ─> scoring.scorers / data.grading
         ─> policies + evaluation.replay ─> evaluation (protocol, statistics) ─> figures / tables
 
 - :mod:`optscale.data`: benchmarks, question selection, grading, pools and their generation, importers.
-- :mod:`optscale.sampling`: samplers (registry ``SAMPLERS``), model files, scorers (``SCORERS``), the PRM,
-  Ray and the learned verifier combination.
+- :mod:`optscale.sampling`: samplers (registry ``SAMPLERS``), model files, Ray.
+- :mod:`optscale.scoring`: scorers (``SCORERS``), the PRM, fitted verifier combinations.
 - :mod:`optscale.theory`: the truncated normal, the bound ``N*``, fits and distribution families (``FITS``).
 - :mod:`optscale.predictor`: the question-only prior predictor (``BACKBONES``, ``HEADS``) and its evaluation.
 - :mod:`optscale.policies`: stopping policies (``POLICIES``), one module per family.
@@ -54,10 +54,10 @@ _API: dict[str, str] = {
     "SAMPLERS": "optscale.sampling",
     "get_sampler": "optscale.sampling",
     "load_prompt_template": "optscale.sampling.base",
-    "SCORERS": "optscale.sampling.scorers",
-    "get_scorer": "optscale.sampling.scorers",
-    "build_judge": "optscale.sampling.scorers",
-    "build_scorers": "optscale.sampling.scorers",
+    "SCORERS": "optscale.scoring.scorers",
+    "get_scorer": "optscale.scoring.scorers",
+    "build_judge": "optscale.scoring.scorers",
+    "build_scorers": "optscale.scoring.scorers",
     # theory
     "n_star": "optscale.theory.bounds",
     "required_samples": "optscale.theory.bounds",
@@ -89,6 +89,15 @@ _API: dict[str, str] = {
     "paper_comparison": "optscale.evaluation.paper",
     "verifier_auroc_points": "optscale.evaluation.verifier_auroc",
     "verifier_auroc_caption": "optscale.evaluation.verifier_auroc",
+    "run_verifier_sweep": "optscale.evaluation.verifier_sweep",
+    "sweep_sanity": "optscale.evaluation.verifier_sweep",
+    "sweep_curves": "optscale.evaluation.verifier_sweep",
+    "break_even_aurocs": "optscale.evaluation.verifier_sweep",
+    "sweep_model_check": "optscale.evaluation.verifier_sweep",
+    "sweep_calibration": "optscale.evaluation.verifier_sweep",
+    "verifier_sweep_caption": "optscale.evaluation.verifier_sweep",
+    "sweep_overlay_caption": "optscale.evaluation.verifier_sweep",
+    "plot_verifier_sweep": "optscale.evaluation.figures",
     "pool_summary": "optscale.evaluation.curves",
     "fixed_n_curves": "optscale.evaluation.curves",
     "plot_pareto": "optscale.evaluation.figures",

@@ -11,16 +11,17 @@ every feature it uses is scored. ``merge`` folds the checkpoint of a stopped
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 
-from .config import DEFAULT_PROFILE, load_config
+from .config import BENCHMARKS, DEFAULT_PROFILE, ConfigError, load_config
 from .data.benchmarks import load_benchmark
-from .data.generation import generate_pool, merge_checkpoint
+from .data.generation import generate_pool, merge_checkpoint, pool_needs_sampling
 from .data.pools import pool_path, read_pool, score_pool
 from .data.selection import config_problems
 from .sampling import get_sampler
-from .sampling.scorers import build_scorers, get_scorer
+from .scoring.scorers import build_scorers, get_scorer
 
 
 def _problems(cfg, ds):
@@ -48,9 +49,28 @@ def _print_summary(sampler, t0, n0) -> None:
               f"{sampler.format_summary()}", file=sys.stderr)
 
 
+class UsageError(ValueError):
+    """A command-line value that names nothing (printed as one line; exit status 2)."""
+
+
 def _datasets(args, cfg) -> list[str]:
-    """``--datasets`` (comma-separated), else every benchmark of the profile."""
-    return args.datasets.split(",") if args.datasets else list(cfg.data.benchmarks)
+    """``--datasets`` (comma-separated), else every benchmark of the profile; a name that is not
+    one of the profile's benchmarks is a UsageError (with "did you mean")."""
+    if not args.datasets:
+        return list(cfg.data.benchmarks)
+    names = list(dict.fromkeys(d.strip() for d in args.datasets.split(",") if d.strip()))
+    for name in names:
+        if name in cfg.data.benchmarks:
+            continue
+        if name in BENCHMARKS:
+            raise UsageError(f"--datasets {name!r}: not among profile {cfg.profile!r}'s data.benchmarks "
+                             f"{list(cfg.data.benchmarks)} (add it there, or with --overrides)")
+        close = difflib.get_close_matches(name, BENCHMARKS, n=2)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UsageError(f"--datasets {name!r}: unknown benchmark (known: {', '.join(BENCHMARKS)}){hint}")
+    if not names:
+        raise UsageError(f"--datasets {args.datasets!r}: names no benchmark")
+    return names
 
 
 def cmd_pools(args) -> int:
@@ -72,9 +92,7 @@ def cmd_pools(args) -> int:
     try:
         while True:
             progressed = False
-            left = [ds for ds in datasets if len(problems[ds]) > (
-                read_pool(pool_path(cfg, ds), allow_partial_scores=True).n_questions
-                if pool_path(cfg, ds).is_file() else 0)]
+            left = [ds for ds in datasets if pool_needs_sampling(pool_path(cfg, ds), problems[ds])]  # ids, not counts
             for ds in left:
                 generate_pool(cfg, ds, problems[ds], sampler, scorers,
                               max_questions=chunk if len(left) > 1 else None, flush_every=args.flush_every,
@@ -97,6 +115,8 @@ def cmd_score(args) -> int:
     # before loading the scorer
     if any([_checkpoint_in_the_way(ds, pool_path(cfg, ds), "score") for ds in datasets]):
         return 1
+    if args.scorer == "probe":  # a learned verifier: cross-fitted over the pool's questions, not per sample
+        return _score_with_probe(cfg, datasets, args)
     if args.ray:  # the scorer (e.g. the PRM) runs on the Ray workers, not here
         from .sampling.distributed import RayPoolSampler, score_pool_ray
 
@@ -120,6 +140,32 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _score_with_probe(cfg, datasets, args) -> int:
+    """``score --scorer probe``: features through llama.cpp (cached outside git, resumable with
+    ``--hours``), then K-fold cross-fitting by question; writes ``score__probe`` and the heads
+    (``data/probe/<pool>/<benchmark>/``) once every question has features."""
+    from .scoring.probe import score_pool_with_probe
+
+    rc = 0
+    for ds in datasets:
+        path = pool_path(cfg, ds)
+        if not path.is_file():
+            print(f"{path}: no pool yet, skipped", file=sys.stderr)
+            continue
+        questions = {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
+        layers = [int(x) for x in args.probe_layers.split(",") if x.strip()] or None
+        out = score_pool_with_probe(path, cfg, questions, k=args.probe_folds, layers=layers,
+                                    hours=args.hours or None)
+        if out["written"]:
+            print(f"{ds}: wrote score__probe ({out['questions']} questions, {args.probe_folds} folds, "
+                  f"{out['cpu_seconds_per_sample']:.2f} s per sample to extract) into {path}")
+        else:
+            print(f"{ds}: features for {out['with_features']} of {out['questions']} questions (time box); "
+                  "run again to resume", file=sys.stderr)
+            rc = 3
+    return rc
+
+
 def _checkpoint_in_the_way(ds: str, path, then: str) -> bool:
     """True (and says so) when a generation's checkpoint sits beside the pool: a generation is
     running or stopped unmerged, and rewriting the Parquet file now could lose or be lost."""
@@ -139,7 +185,7 @@ def cmd_combine(args) -> int:
     from pathlib import Path
 
     from .config import PROJECT_ROOT
-    from .sampling.verifier_fit import add_combined_score
+    from .scoring.combinations import add_combined_score
 
     cfg = load_config(args.profile, args.overrides)
     datasets = _datasets(args, cfg)
@@ -253,12 +299,31 @@ def cmd_info(args) -> int:
                 for method in ("best-of-n", "weighted-majority"):
                     print(f"    {method}@{n}: {ci(f'{method}__{sc}')}")
                 print(f"    best-of-n@{n} minus single-sample accuracy: {ci(f'bon_gain__{sc}')}")
+    if not rows:
+        print(f"info: no pool for {', '.join(datasets)} in {pool_path(cfg, datasets[0]).parent}; make them with "
+              f"`python -m optscale.generate pools --profile {args.profile}`", file=sys.stderr)
+        return 1
     if args.format == "markdown":
         print(pool_status_markdown(rows))
     elif args.format == "csv":
         df = pd.DataFrame(rows).drop(columns=["incomplete", "scorers"])
         print(df.to_csv(index=False), end="")
     return 0
+
+
+def _number(kind: type, least: float):
+    """An argparse ``type``: a ``kind`` (int / float) of at least ``least``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not value >= least:  # NaN too
+            raise argparse.ArgumentTypeError(f"{text!r}: must be >= {least}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,23 +336,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--overrides", default="", help='e.g. "sampling.seed=1,data.max_questions.gsm8k=8"')
         p.add_argument("--datasets", default="", help="comma-separated subset of the profile's benchmarks")
         if name == "pools":
-            p.add_argument("--chunk", type=int, default=None,
+            p.add_argument("--chunk", type=_number(int, 1), default=None,
                            help="questions per benchmark per round (default 8; more with many replicas)")
-            p.add_argument("--questions-in-flight", type=int, default=0,
+            p.add_argument("--questions-in-flight", type=_number(int, 0), default=0,
                            help="questions sampled at once (default: the backend's; requests per call in-process)")
             p.add_argument("--ray", default="", metavar="ADDRESS",
                            help="sample on a Ray cluster: 'auto' (this node's cluster), ray://host:10001, or "
                                 "'local' (a cluster started here); see docs/gpu_and_cluster.md")
-            p.add_argument("--ray-workers", type=int, default=0,
+            p.add_argument("--ray-workers", type=_number(int, 0), default=0,
                            help="Ray workers (actors) holding a sampler (default: one per GPU, else per CPU)")
-            p.add_argument("--flush-every", type=int, default=4)
+            p.add_argument("--flush-every", type=_number(int, 1), default=4,
+                           help="questions sampled between two checkpoint merges into the Parquet file")
             p.add_argument("--online", default="self-certainty",
                            help="scorers to run while sampling (others: `score` afterwards)")
-            p.add_argument("--hours", type=float, default=0, help="start no new question after this many hours (0 = run to the end)")
+            p.add_argument("--hours", type=_number(float, 0), default=0, help="start no new question after this many hours (0 = run to the end)")
         if name == "score":
             p.add_argument("--scorer", required=True)
             p.add_argument("--ray", default="", metavar="ADDRESS", help="score on a Ray cluster (as for pools)")
-            p.add_argument("--ray-workers", type=int, default=0, help="Ray workers holding the scorer")
+            p.add_argument("--ray-workers", type=_number(int, 0), default=0, help="Ray workers holding the scorer")
+            p.add_argument("--hours", type=_number(float, 0), default=0,
+                           help="probe: extract features for at most this many hours, then stop (resumable)")
+            p.add_argument("--probe-folds", type=_number(int, 2), default=5, help="probe: K folds by question")
+            p.add_argument("--probe-layers", default="",
+                           help="probe: comma-separated block counts to read hidden states after (default: all)")
         if name == "combine":
             p.add_argument("--name", default="combined",
                            help="the combination: a key of scoring.combinations, stored as score__<name>")
@@ -301,8 +372,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    return {"pools": cmd_pools, "score": cmd_score, "combine": cmd_combine, "merge": cmd_merge, "info": cmd_info,
-            "regrade": cmd_regrade}[args.cmd](args)
+    try:
+        return {"pools": cmd_pools, "score": cmd_score, "combine": cmd_combine, "merge": cmd_merge, "info": cmd_info,
+                "regrade": cmd_regrade}[args.cmd](args)
+    except (ConfigError, UsageError) as e:  # a bad profile, override or --datasets: one line, nothing done
+        print(f"python -m optscale.generate {args.cmd}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

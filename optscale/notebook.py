@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT, RunConfig, load_config
+from .config import PROJECT_ROOT, ConfigError, RunConfig, load_config
 from .data.pools import pool_path
 from .provenance import write_manifest
 
@@ -18,6 +18,7 @@ def setup_notebook(profile: str, run_dir: str, overrides: str = "", notebook: st
     create ``run_dir`` with figures/ and tables/, record this notebook and the checksums of the
     config's pool files in the run manifest, apply the plotting style, and return
     ``(config, run_dir)``."""
+    _check_parameters(profile=profile, run_dir=run_dir, overrides=overrides)
     import matplotlib
 
     matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
@@ -33,3 +34,15 @@ def setup_notebook(profile: str, run_dir: str, overrides: str = "", notebook: st
                    pools=[pool_path(cfg, name) for name in cfg.data.benchmarks])
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
     return cfg, run
+
+
+def _check_parameters(profile: Any, run_dir: Any, overrides: Any) -> None:
+    """The papermill parameters' types, else a ConfigError naming the parameter (``papermill -p``
+    turns ``3`` into an int: ``-r`` passes a value as a string)."""
+    expected = {"profile": ("a profile name (a string)", (str,)), "run_dir": ("a folder path (a string)", (str, Path)),
+                "overrides": ("a string of key=value overrides", (str, dict))}
+    for name, value in (("profile", profile), ("run_dir", run_dir), ("overrides", overrides)):
+        what, types = expected[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ConfigError(f"notebook parameter {name!r} = {value!r}: expected {what}, got {type(value).__name__} "
+                              f"(papermill -p reads numbers as numbers; -r {name} VALUE passes a string)")

@@ -1,4 +1,5 @@
-"""Run manifests: config, git hash, package versions, seeds, pool checksums."""
+"""Run manifests: config, git hash, package versions, seeds, pool checksums, and the machine's CPU with
+the dtype and threads chosen for it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Iterable
 
 from .config import PROJECT_ROOT, RunConfig
 
-__all__ = ["git_hash", "package_versions", "write_manifest", "file_sha256", "save_figure", "save_table"]
+__all__ = ["git_hash", "package_versions", "compute_environment", "write_manifest", "file_sha256", "save_figure",
+           "save_table"]
 
 PACKAGES = ("optscale", "numpy", "scipy", "pandas", "pyarrow", "torch", "transformers", "math-verify",
             "papermill", "matplotlib", "seaborn", "scikit-learn", "sentence-transformers", "vllm", "llama-cpp-python")
@@ -47,6 +49,41 @@ def file_sha256(path: str | Path) -> str:
     return sha256_file(path)
 
 
+def compute_environment(config: RunConfig) -> dict[str, Any]:
+    """What decides this run's speed: the CPU (model name, the flags of
+    :data:`optscale.sampling.cpu.CPU_FLAGS`, cores), torch's CPU kernel level, the dtype the
+    transformers paths compute in (``sampling.dtype`` resolved, with the reason and the bf16 probe),
+    and the threads torch and llama.cpp use (with llama.cpp's build features when it is installed)."""
+    from .sampling.cpu import cpu_summary, default_threads
+    from .sampling.hf_models import dtype_choice, resolve_dtype
+
+    dtype = config.sampling.dtype
+    out: dict[str, Any] = {
+        "cpu": cpu_summary(),
+        # the hf-cpu sampler, the LM judges and OptPO's update on CPU
+        "transformers_dtype": dtype_choice(dtype, "cpu"),
+        "torch_threads": default_threads(),
+    }
+    try:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if config.sampling.backend == "vllm":
+        out["vllm_dtype"] = resolve_dtype(dtype, "cuda")
+    if config.sampling.backend == "llama-cpp":
+        info: dict[str, Any] = {"n_threads": default_threads()}
+        try:
+            import llama_cpp
+
+            info["system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        except ImportError:
+            info["system_info"] = None  # not installed in this environment
+        out["llama_cpp"] = info
+    return out
+
+
 def write_manifest(config: RunConfig, run_dir: str | Path, extra: dict[str, Any] | None = None,
                    pools: Iterable[Path] = ()) -> Path:
     """Write (or update) ``manifest.json`` in the run folder."""
@@ -65,6 +102,7 @@ def write_manifest(config: RunConfig, run_dir: str | Path, extra: dict[str, Any]
             "evaluation": config.evaluation.seed, "predictor_split": config.predictor.split_seed,
             "theory": config.theory.seed,
         },
+        "compute": compute_environment(config),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     pool_sums = manifest.setdefault("pools", {})

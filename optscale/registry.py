@@ -39,15 +39,20 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unknown(self, name: object) -> str | None:
+        """None when ``name`` is registered, else the message of the error for it (the known
+        names, and "did you mean" the close ones). Imports nothing: a lazy entry stays a string."""
+        if isinstance(name, str) and name in self._entries:
+            return None
+        close = difflib.get_close_matches(name, list(self._entries), n=3) if isinstance(name, str) else []
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        return f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}.{hint}"
+
     def get(self, name: str) -> T:
         try:
             entry = self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._entries), n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}.{hint}"
-            ) from None
+            raise KeyError(self.unknown(name)) from None
         if isinstance(entry, str):
             module, _, attr = entry.partition(":")
             entry = getattr(importlib.import_module(module), attr)

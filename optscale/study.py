@@ -76,7 +76,7 @@ def run_study(arm_names: Sequence[str], datasets: Sequence[str], questions: int,
     from .data.generation import generate_pool
     from .data.pools import read_pool
     from .sampling import get_sampler
-    from .sampling.scorers import get_scorer
+    from .scoring.scorers import get_scorer
 
     arms = load_arms(out_dir / "arms.yaml")
     deadline = time.time() + hours * 3600 if hours else None
@@ -174,7 +174,7 @@ def score_study(arm_names: Sequence[str], scorer_names: Sequence[str], judge_mod
     the CPU seconds per scored sample to ``data/study/<arm>/scoring.jsonl``. Question by question,
     arms round-robin, until done or the deadline (no new question after it)."""
     from .data.pools import read_pool, score_pool
-    from .sampling.scorers import get_scorer
+    from .scoring.scorers import get_scorer
 
     deadline = time.time() + hours * 3600 if hours else None
     base = load_config("cpu", {"scoring.judge_model": judge_model} if judge_model else None)
@@ -246,7 +246,7 @@ def aggregate_study(arm: str, scorer: str, hows: Sequence[str], out_dir: Path = 
     it was scored with), so the verifier table reports each aggregation. No model is run. Samples
     the scorer has not reached yet stay unscored (NaN), as in the source column."""
     from .data.pools import read_pool, write_score_column
-    from .sampling.scorers import aggregate_steps
+    from .scoring.scorers import aggregate_steps
 
     written = []
     paths = sorted((out_dir / arm).glob("*.parquet"))
@@ -271,9 +271,9 @@ def combine_study(arm: str, features: Sequence[str], folds: int = 5, seed: int =
     """Fit the logistic-regression combination of ``features`` on an arm's study pools, write
     its out-of-fold P(correct) as the ``combined-oof`` column of each pool (so the verifier table
     reports its held-out AUROC) and the model fitted on all study questions to
-    ``data/study/<arm>/combined.json`` (for :func:`optscale.sampling.verifier_fit.add_combined_score`)."""
+    ``data/study/<arm>/combined.json`` (for :func:`optscale.scoring.combinations.add_combined_score`)."""
     from .data.pools import read_pool, write_score_column
-    from .sampling.verifier_fit import fit_combination
+    from .scoring.combinations import fit_combination
 
     paths = sorted((out_dir / arm).glob("*.parquet"))
     pools = [read_pool(p, allow_partial_scores=True) for p in paths]

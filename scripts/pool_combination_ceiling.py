@@ -1,7 +1,7 @@
 """How far can a linear combination of a pool's own per-sample features rank its samples?
 
 Logistic regression on the features of the profile's fitted combination (scoring.combinations),
-fitted 5-fold out-of-fold on the pool itself (folds by question, optscale.sampling.verifier_fit),
+fitted 5-fold out-of-fold on the pool itself (folds by question, optscale.scoring.combinations),
 then the within-question AUROC and the BoN@n gain of the out-of-fold scores, measured as
 `python -m optscale.generate info` measures the pool's own scorers (pool_status: the profile's
 replay orders and bootstrap). It trains on the pool's questions, so it is a ceiling for a linear
@@ -18,7 +18,7 @@ import json
 from optscale.config import DEFAULT_PROFILE, load_config
 from optscale.data.pools import pool_path, read_pool, replay_orders
 from optscale.evaluation.curves import pool_status
-from optscale.sampling.verifier_fit import fit_combination
+from optscale.scoring.combinations import fit_combination
 
 
 def main() -> None:

@@ -24,4 +24,4 @@ def cpu_model():
     """The real embedded CPU model (slow: loads once per session)."""
     from optscale.sampling.hf_models import load_causal_lm
 
-    return load_causal_lm("qwen2.5-coder-0.5b-instruct-q4", "bfloat16", "cpu")
+    return load_causal_lm("qwen2.5-coder-0.5b-instruct-q4", "auto", "cpu")  # bf16 only where the CPU has it natively

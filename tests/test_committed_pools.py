@@ -84,7 +84,7 @@ def test_committed_pool_carries_its_primary_scorer_up_to_date(profile, name):
     after `generate combine` ran fails here until it runs again."""
     import json
 
-    from optscale.sampling.verifier_fit import combined_scores
+    from optscale.scoring.combinations import combined_scores
 
     cfg = profile_config(profile)
     pool = committed_pool(profile, name)

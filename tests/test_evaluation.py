@@ -312,7 +312,7 @@ def _fake_pool(tmp_path, n_q=12, n=4):
     from optscale.data.benchmarks import Problem
     from optscale.data.generation import generate_pool
     from optscale.sampling.fake import FAKE_GOLD, FakeSampler
-    from optscale.sampling.scorers import get_scorer
+    from optscale.scoring.scorers import get_scorer
 
     cfg = load_config("cpu", {"pools.pool_dir": str(tmp_path), "pools.pool_name": "fake", "sampling.backend": "fake",
                               "sampling.n_samples.gsm8k": n, "data.benchmarks": ["gsm8k"],

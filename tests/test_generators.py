@@ -12,7 +12,7 @@ from optscale.data.benchmarks import load_benchmark
 from optscale.sampling.model_files import EMBEDDED_GGUFS, QWEN_CODER_1_5B, assemble_gguf, gguf_summary
 from optscale.sampling import SampleRequest
 from optscale.sampling.base import Completion, chat_messages
-from optscale.sampling.scorers import get_scorer
+from optscale.scoring.scorers import get_scorer
 from optscale.data.selection import select_questions, selection_order, strata_counts
 
 

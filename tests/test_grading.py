@@ -1,7 +1,9 @@
+import re
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from optscale.config import load_config
@@ -190,3 +192,150 @@ def test_answer_classes_do_not_depend_on_cpu_load(committed_answers):
             h.kill()
             h.wait()
     assert loaded == idle
+
+
+# -- issue 29: signatures and kind rules scale class building with the distinct forms ------------
+def _math_verify_parse(answer):
+    """math-verify's parse of one answer exactly as the grader calls it (``$..$`` unless the string
+    has a ``$`` or a ``\\boxed``), without the grader's caches or shortcuts."""
+    from math_verify import parse
+
+    text = answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
+    return parse(text, parsing_timeout=None) or parse(answer, parsing_timeout=None)
+
+
+def _reference_classes(answers):
+    """Every answer against every class representative through math-verify (no signatures, no
+    shortcuts): what :func:`answer_classes` must reproduce."""
+    from math_verify import verify
+
+    parsed = {a: _math_verify_parse(a) for a in set(answers)}
+    reps, labels = [], []
+    for i, a in enumerate(answers):
+        for j, r in reps:
+            if r == a or (parsed[r] and parsed[a] and verify(parsed[r], parsed[a], timeout_seconds=None)):
+                labels.append(j)
+                break
+        else:
+            reps.append((i, a))
+            labels.append(i)
+    return labels
+
+
+def _sympy_part(answer):
+    from sympy import srepr
+
+    return tuple(srepr(x) for x in _math_verify_parse(answer) if not isinstance(x, str))
+
+
+# strings whose spacing or wrapper math-verify reads differently (a signature must keep them apart)
+SIGNATURE_TRAPS = [
+    ("11, \\! 111, \\! 100", "11,\\! 111,\\! 100"),  # thousands separators vs a tuple
+    ("1, 000", "1,000"),
+    ("\\boxed{\\$36}", "$\\$36$"),
+    ("0.5", "0.50"),  # math-verify reads 0.5 as 1/2, 0.50 as a float
+    ("\\pi r", "\\pir"),
+    ("5 cm", "5cm"),
+    ("(1,2]", "[1,2]"),
+    ("3 \\sqrt{5}", "3\\sqrt{5}"),
+]
+
+
+@pytest.mark.parametrize("a,b", SIGNATURE_TRAPS)
+def test_signature_keeps_apart_what_math_verify_reads_differently(a, b):
+    from optscale.data.grading import answer_signature
+
+    if _sympy_part(a) != _sympy_part(b):
+        assert answer_signature(a) != answer_signature(b), (a, b)
+
+
+def test_signature_merges_rewritings_without_sympy():
+    from optscale.data.grading import answer_signature
+
+    half = ["1/2", "\\frac{1}{2}", "\\dfrac{1}{2}", "\\tfrac{1}{2}", "$\\frac{1}{2}$", "\\boxed{1/2}", "\\frac{2}{4}",
+            " 1/2 "]
+    assert {answer_signature(x) for x in half} == {"rational:1/2"}
+    assert answer_signature("-\\frac{5}{13}") == answer_signature("\\frac{-5}{13}") == "rational:-5/13"
+    assert len({answer_signature(x) for x in ["(3, 4]", "\\left(3,4\\right]", "$(3,4]$", "\\boxed{\\left( 3, 4 \\right]}"]}) == 1
+    assert answer_signature("x = 5") == answer_signature("x=5")
+    g = Grader()
+    g.classes(half + ["(3, 4]", "\\left(3,4\\right]", "$(3,4]$"])
+    assert g.stats.parses == 2  # one parse per signature
+
+
+def test_equal_signatures_mean_equal_parses(committed_answers, data_dir):
+    """On every committed answer and on MATH-500 gold answers in the ways a model writes them,
+    strings with one signature get one math-verify parse (so sharing it changes nothing)."""
+    from collections import defaultdict
+
+    from optscale.data.grading import answer_signature
+
+    golds = [p.answer for p in load_benchmark("math500", data_dir)]
+    strings = {str(a).strip() for row in committed_answers for a in row if a is not None}
+    for gold in golds[::2]:
+        strings |= {gold, f"${gold}$", f"\\boxed{{{gold}}}", gold.replace(" ", ""), gold.replace("\\frac", "\\dfrac"),
+                    gold.replace("(", "\\left(").replace(")", "\\right)"), re.sub(r"\s*([,+=])\s*", r"\1 ", gold)}
+    strings |= {x for pair in SIGNATURE_TRAPS for x in pair}
+    groups = defaultdict(set)
+    for s in strings:
+        groups[answer_signature(s)].add(s)
+    shared = [g for g in groups.values() if len(g) > 1]
+    assert len(shared) > 150  # the signature does merge rewritings
+    for g in shared:
+        parts = {s: _sympy_part(s) for s in g}
+        assert len(set(parts.values())) == 1, parts
+
+
+# kinds that verify's rules tell apart: a number, intervals, a matrix, a tuple, an assignment,
+# expressions, a bare symbol (every pair is unequal, and none needs a math-verify call)
+APART_BY_KIND = ["5", "(3, 4]", "[0, 1) \\cup (2, 3]", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "1, 2", "x = 7",
+                 "2x + 1", "x^2 + 1", "\\text{east}", "-4 + 7i"]
+
+
+def test_kinds_tell_answers_apart_without_math_verify():
+    from math_verify import verify
+
+    g = Grader()
+    assert g.classes(APART_BY_KIND) == list(range(len(APART_BY_KIND)))
+    assert g.stats.compares == 0
+    parsed = [_math_verify_parse(a) for a in APART_BY_KIND]
+    for i, a in enumerate(parsed):  # math-verify agrees: no two of them are equal, either way round
+        for j, b in enumerate(parsed):
+            if i != j:
+                assert not verify(a, b, timeout_seconds=None), (APART_BY_KIND[i], APART_BY_KIND[j])
+
+
+# answers math-verify merges across kinds and spellings (the rules must not split them)
+MERGED_ACROSS_KINDS = ["5", "x = 5", "5.0", "\\frac{10}{2}", "e", "\\exp(1)", "x+1", "1+x", "\\frac{1}{2}", "0.5",
+                       "(1, 2)", "\\left(1,2\\right)", "1,2", "\\{1, 2\\}", "x = \\frac12", "2k+2", "2(k+1)",
+                       "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}",
+                       "(-\\infty, 3)", "(-\\infty,3)", "[2, \\infty)", "\\text{(C)}", "C", "90^\\circ", "90",
+                       # one value as a float and as a rational, in each kind (different parses)
+                       "[0.50, 1]", "[\\frac{1}{2}, 1]", "(0,1) \\cup (2, 2.50)", "(0,1)\\cup(2,\\frac52)",
+                       "\\begin{pmatrix} 0.50 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} \\frac12 \\\\ 2 \\end{pmatrix}",
+                       "0.50x", "\\frac{x}{2}", "0.50, 2", "\\frac12, 2", "x = 0.50", "y = \\frac{1}{2}"]
+
+
+def test_classes_equal_math_verify_reference(data_dir):
+    """Classes and correctness equal the reference (every answer vs every class representative
+    through math-verify) on MATH-500 golds in several spellings plus wrong answers, and on answers
+    math-verify merges across kinds; the grader calls verify far less often."""
+    rng = np.random.default_rng(0)
+    golds = [p.answer for p in load_benchmark("math500", data_dir)]
+    picks = [golds[int(i)] for i in rng.choice(len(golds), size=14, replace=False)]
+    answers = []
+    for gold in picks:
+        answers += [gold, f"${gold}$", f"\\boxed{{{gold}}}", gold.replace("\\frac", "\\dfrac"), gold.replace(" ", "")]
+    answers = [answers[int(i)] for i in rng.permutation(len(answers))] + MERGED_ACROSS_KINDS + APART_BY_KIND
+    g = Grader()
+    assert g.classes(answers) == _reference_classes(answers)
+    merged = g.classes(MERGED_ACROSS_KINDS)
+    assert merged == _reference_classes(MERGED_ACROSS_KINDS)
+    assert len(set(merged)) < len(MERGED_ACROSS_KINDS) - 8  # real merges across kinds happened
+    from math_verify import verify
+
+    for gold in picks[:6]:
+        pg = _math_verify_parse(gold)
+        assert [g.equivalent(gold, a) for a in answers] == \
+            [a == gold or bool(pg and _math_verify_parse(a) and verify(pg, _math_verify_parse(a), timeout_seconds=None))
+             for a in answers]

@@ -96,7 +96,7 @@ def test_no_import_cycles():
 
 REGISTRIES = {
     "optscale.sampling": {"SAMPLERS": {"fake", "hf-cpu", "llama-cpp", "openai", "vllm"}},
-    "optscale.sampling.scorers": {"SCORERS": {"answer-judge", "lm-judge", "lowest-group-confidence", "prm",
+    "optscale.scoring.scorers": {"SCORERS": {"answer-judge", "lm-judge", "lowest-group-confidence", "prm", "probe",
                                               "self-certainty", "tail-confidence"}},
     "optscale.policies": {"POLICIES": {"asc", "bon", "consol", "deepconf", "dsc", "esc", "ias", "majority", "optpo",
                                        "optscale-0", "optscale-seq", "optscale-t", "oracle", "weighted-vote"}},

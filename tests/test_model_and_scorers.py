@@ -9,7 +9,7 @@ from optscale.config import SamplingConfig, ScoringConfig
 from optscale.sampling.model_files import DEFAULT_GGUF, assemble_gguf, sha256_file
 from optscale.sampling import SampleRequest, get_sampler
 from optscale.sampling.base import Completion
-from optscale.sampling.scorers import aggregate_steps, get_scorer
+from optscale.scoring.scorers import aggregate_steps, get_scorer
 
 
 def test_gguf_assembles_and_verifies(tmp_path):

@@ -232,7 +232,7 @@ def test_live_filter_continues_prefixes_with_the_cpu_model(cpu_model):
     """Two particles, two steps of <= 6 tokens with the real sampler and LM judge."""
     from optscale.config import load_config
     from optscale.sampling.hf_cpu import HFSampler
-    from optscale.sampling.scorers import LMJudgeScorer
+    from optscale.scoring.scorers import LMJudgeScorer
 
     model, tok = cpu_model
     cfg = load_config("smoke")
@@ -252,7 +252,7 @@ def test_build_judge_shares_the_samplers_model_only_when_it_has_one(monkeypatch)
     transformers = pytest.importorskip("transformers")
     from optscale.sampling import hf_models
     from optscale.config import load_config
-    from optscale.sampling.scorers import build_judge
+    from optscale.scoring.scorers import build_judge
 
     class CharTokenizer:
         def __call__(self, text, add_special_tokens=False):

@@ -18,7 +18,7 @@ from optscale.data.benchmarks import Problem
 from optscale.data.pools import PoolError, read_pool, replay_orders, score_pool, subsample, write_pool
 from optscale.data.generation import generate_pool, merge_checkpoint
 from optscale.sampling.fake import FAKE_GOLD, FakeSampler
-from optscale.sampling.scorers import get_scorer
+from optscale.scoring.scorers import get_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -411,7 +411,7 @@ def test_generate_combine_command_writes_the_fitted_combination(tmp_path, capsys
     """`generate combine` applies a fitted combination (a study's combined.json) to a pool, and
     refuses with the pool's name when a feature is unscored or a generation's checkpoint exists."""
     from optscale.generate import main
-    from optscale.sampling.verifier_fit import combined_scores
+    from optscale.scoring.combinations import combined_scores
 
     cfg, path = _make_pool(tmp_path)
     model = {"features": ["self-certainty", "log-tokens"], "mean": [0.0, 3.0], "scale": [1.0, 0.5],
@@ -469,7 +469,7 @@ def test_unresolved_grading_is_recorded_in_the_pool_metadata(tmp_path, monkeypat
     from optscale.sampling.base import Completion
 
     monkeypatch.setattr(default_grader(), "cpu_budget_s", 0.3)
-    cfg, path = _make_pool(tmp_path, n_q=2)
+    cfg, path = _make_pool(tmp_path, n_q=2, n=2)  # the checkpoint line below holds 2 samples: the pool's n
     tower = "9^{9^{9}}"
     p = Problem("gsm8k", "q7", "What is 6+1?", FAKE_GOLD, 7)
     scored = {"self-certainty": [types.SimpleNamespace(score=0.5, step_scores=[0.5])] * 2}

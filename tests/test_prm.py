@@ -17,7 +17,7 @@ from optscale.config import load_config  # noqa: E402
 from optscale.data.grading import split_steps  # noqa: E402
 from optscale.data.pools import POOL_SCHEMA, read_pool, score_pool, write_pool  # noqa: E402
 from optscale.sampling.base import Completion  # noqa: E402
-from optscale.sampling.scorers import SCORERS, aggregate_steps, get_scorer  # noqa: E402
+from optscale.scoring.scorers import SCORERS, aggregate_steps, get_scorer  # noqa: E402
 
 QWEN_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -37,7 +37,7 @@ def tiny_prm_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config
 
-    from optscale.sampling.prm import prm_model_class
+    from optscale.scoring.prm import prm_model_class
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]
     tok = Tokenizer(models.BPE())
@@ -69,7 +69,7 @@ def _scoring(tiny_prm_dir, **over):
 
 @pytest.fixture(scope="module")
 def scorer(tiny_prm_dir):
-    from optscale.sampling.prm import PRMScorer
+    from optscale.scoring.prm import PRMScorer
 
     return PRMScorer(_scoring(tiny_prm_dir, **{"scoring.prm_batch_size": 3}), device="cpu")
 
@@ -79,7 +79,7 @@ def _comps(texts=TEXTS):
 
 
 def test_checkpoint_layout_matches_the_released_prm(tiny_prm_dir):
-    from optscale.sampling.prm import prm_model_class
+    from optscale.scoring.prm import prm_model_class
 
     keys = set(prm_model_class()(__import__("transformers").Qwen2Config(
         vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -100,7 +100,7 @@ def test_step_split_and_rewards_in_unit_interval(scorer):
 
 
 def test_batching_and_padding_do_not_change_scores(scorer, tiny_prm_dir):
-    from optscale.sampling.prm import PRMScorer
+    from optscale.scoring.prm import PRMScorer
 
     one = PRMScorer(_scoring(tiny_prm_dir, **{"scoring.prm_batch_size": 1}), model=scorer.model,
                     tokenizer=scorer.tokenizer, device="cpu")
@@ -119,7 +119,7 @@ def test_batching_and_padding_do_not_change_scores(scorer, tiny_prm_dir):
 
 @pytest.mark.parametrize("how", ["mean", "min", "last", "prod"])
 def test_aggregations(scorer, tiny_prm_dir, how):
-    from optscale.sampling.prm import PRMScorer
+    from optscale.scoring.prm import PRMScorer
 
     s = PRMScorer(_scoring(tiny_prm_dir, **{"scoring.aggregation": how}), model=scorer.model,
                   tokenizer=scorer.tokenizer, device="cpu")
@@ -140,7 +140,7 @@ def test_registered_and_bad_separator_rejected(scorer, tiny_prm_dir):
         def encode(self, s, add_special_tokens=False):
             return [1, 2, 3]
 
-    from optscale.sampling.prm import PRMScorer
+    from optscale.scoring.prm import PRMScorer
 
     with pytest.raises(ValueError, match="one token"):
         PRMScorer(_scoring(tiny_prm_dir), model=scorer.model, tokenizer=NoSep(), device="cpu")

@@ -15,7 +15,7 @@ from optscale.sampling.distributed import RayPoolSampler, score_pool_ray  # noqa
 from optscale.data.generation import generate_pool  # noqa: E402
 from optscale.data.pools import read_pool, score_pool  # noqa: E402
 from optscale.sampling.fake import FAKE_GOLD, FakeSampler  # noqa: E402
-from optscale.sampling.scorers import get_scorer  # noqa: E402
+from optscale.scoring.scorers import get_scorer  # noqa: E402
 
 
 def _problems(k):

@@ -157,3 +157,38 @@ def test_missing_backend_library_names_what_to_install(monkeypatch):
     assert "'vllm'" in missing_backend_library("vllm")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     assert missing_backend_library("llama-cpp") is None
+
+
+def test_bad_arguments_are_refused_before_anything_runs(workbook):
+    """Issue 29 item 12: an --only that matches nothing, a run id or profile that is not a plain
+    name (it would write outside outputs/), and an option without its value are usage errors."""
+    _nb(workbook / "notebooks" / "00_first.ipynb", "raise SystemExit('must not run')")
+    _nb(workbook / "notebooks" / "01_second.ipynb", "raise SystemExit('must not run')")
+    r = _run(workbook, "--profile", "smoke", "--only", "zzz")
+    assert r.returncode == 2 and "--only 'zzz' matches no notebook" in r.stderr, r.stderr
+    assert "00_first" in r.stderr and "01_second" in r.stderr
+    for run_id in ("../../escaped", "a/b", ".hidden", ".."):
+        r = _run(workbook, "--profile", "smoke", "--run-id", run_id)
+        assert r.returncode == 2 and f"--run-id '{run_id}'" in r.stderr, r.stderr
+    r = _run(workbook, "--profile", "../profiles/smoke")
+    assert r.returncode == 2 and "--profile '../profiles/smoke'" in r.stderr, r.stderr
+    for option in ("--profile", "--run-id", "--only", "--overrides"):
+        r = _run(workbook, option)
+        assert r.returncode == 2 and f"run_all.sh: {option} needs a value" in r.stderr, r.stderr
+        assert "unbound variable" not in r.stderr
+    assert not (workbook.parent / "escaped").exists() and not (workbook / "outputs").exists()
+
+
+def test_notebook_parameters_reach_the_notebook_as_strings(workbook, tmp_path):
+    """``papermill -p`` reads ``3`` as an int: a profile named 3 would reach setup_notebook as one.
+    run_all.sh passes its parameters raw (``-r``). (load_config reads the workbook's profiles/ via
+    a sitecustomize.)"""
+    (workbook / "profiles" / "3.yaml").write_text("extends: smoke\nprofile: '3'\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import pathlib, optscale.config.run as run\nrun.PROFILES_DIR = pathlib.Path({str(workbook / 'profiles')!r})\n")
+    _nb(workbook / "notebooks" / "00_types.ipynb",
+        "assert (profile, type(overrides)) == ('3', str), (profile, overrides)")
+    r = _run(workbook, "--profile", "3", "--run-id", "raw", "--overrides", "", pythonpath=site)
+    assert r.returncode == 0, r.stderr

@@ -64,7 +64,7 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
     from optscale.data.pools import read_pool
     from optscale.sampling.fake import FAKE_GOLD
     from optscale.study import combine_study
-    from optscale.sampling.verifier_fit import combined_scores
+    from optscale.scoring.combinations import combined_scores
 
     real = study.study_problems  # the fake sampler's "correct" answer is FAKE_GOLD
     monkeypatch.setattr(study, "study_problems", lambda *a, **k: [replace(p, answer=FAKE_GOLD) for p in real(*a, **k)])
@@ -77,7 +77,7 @@ def test_combination_is_fitted_out_of_fold_by_question(study_dir, monkeypatch):
     full = combined_scores(pool, model)
     assert model["n_questions"] == 12 and len(model["coef"]) == 3
     assert ((0 < oof) & (oof < 1)).all() and not np.allclose(oof, full)  # held out != refit on all
-    from optscale.sampling.verifier_fit import add_combined_score
+    from optscale.scoring.combinations import add_combined_score
 
     add_combined_score(study_dir / "a" / "gsm8k.parquet", study_dir / "a" / "combined.json")
     applied = read_pool(study_dir / "a" / "gsm8k.parquet")

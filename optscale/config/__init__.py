@@ -2,8 +2,11 @@
 
 Defaults live here. A profile (``profiles/<name>.yaml``) overrides them, may ``extends:``
 another profile, and command-line / papermill overrides (``"sampling.temperature=0.5"``) come
-last. Unknown keys raise at load time (papermill itself only warns). Constructing a config does
-no I/O: validation only.
+last. Unknown keys raise at load time (papermill itself only warns), and so do registry names
+(backend, scorers, fit families, predictor parts, policies, resampler) and prompt files that do
+not exist, with "did you mean" (the registries hold heavy parts as lazy strings: checking a name
+imports none of them). Constructing a config does no I/O beyond listing optscale/prompts/:
+validation only.
 
 Sections (one dataclass each):
 

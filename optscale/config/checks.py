@@ -4,6 +4,9 @@ every violation is a :class:`~optscale.config.sections.ConfigError` naming the k
 
 from __future__ import annotations
 
+import difflib
+import importlib
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .sections import BENCHMARKS, ConfigError
@@ -53,6 +56,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "sampling.max_retries": _AT_LEAST_0,
     "sampling.tensor_parallel_size": _AT_LEAST_1,
     "sampling.gpu_memory_utilization": _between(0, 1, lo_open=True),
+    "data.selection_seed": _AT_LEAST_0,
+    "scoring.conf_window": _AT_LEAST_1,
+    "scoring.tail_tokens": _AT_LEAST_1,
     "scoring.max_steps": _AT_LEAST_1,
     "scoring.prm_batch_size": _AT_LEAST_1,
     "pools.replay_orders": _AT_LEAST_1,
@@ -108,6 +114,52 @@ _RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
+# Keys that name a registered part: dotted key -> "module:registry". The registry is imported only
+# when a config is checked (its module imports the config package); it holds heavy parts (vLLM,
+# torch models) as lazy "module:attr" strings, so checking a name imports none of them.
+_REGISTRY_KEYS: dict[str, str] = {
+    "sampling.backend": "optscale.sampling:SAMPLERS",
+    "scoring.scorers": "optscale.scoring.scorers:SCORERS",
+    "fit.families": "optscale.theory.fits:FITS",
+    "predictor.backbone": "optscale.predictor.heads:BACKBONES",
+    "predictor.head": "optscale.predictor.heads:HEADS",
+    "evaluation.policies": "optscale.policies:POLICIES",
+    "evaluation.auroc_policy": "optscale.policies:POLICIES",
+    "systems.pf_resampler": "optscale.systems.particle_filter:RESAMPLERS",
+}
+# Keys that name a prompt file in optscale/prompts/ (read by optscale.sampling.load_prompt_template).
+_PROMPT_KEYS = ("sampling.prompt_template", "scoring.judge_template", "scoring.answer_judge_template",
+                "systems.revise_template")
+
+
+def _value(cfg: RunConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Every registry name and prompt file the config names exists, else a ConfigError naming the
+    key, the known names and the close ones."""
+    for key, where in _REGISTRY_KEYS.items():
+        module, _, attr = where.partition(":")
+        registry = getattr(importlib.import_module(module), attr)
+        value = _value(cfg, key)
+        for i, name in enumerate(value) if isinstance(value, tuple) else ((None, value),):
+            problem = registry.unknown(name)
+            if problem:
+                raise ConfigError(f"config key {key if i is None else f'{key}[{i}]'!r} = {name!r}: {problem}")
+    folder = resources.files("optscale.prompts")
+    prompts = sorted(p.name for p in folder.iterdir() if p.name.endswith(".txt"))
+    for key in _PROMPT_KEYS:
+        name = _value(cfg, key)
+        if name in prompts:
+            continue
+        close = difflib.get_close_matches(name, prompts, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"config key {key!r} = {name!r}: not a prompt file in optscale/prompts/ "
+                          f"(a file name there; known: {', '.join(prompts)}).{hint}")
+
+
 def _check_ranges(cfg: RunConfig) -> None:
     for key, (ok, allowed) in _RANGES.items():
         section, name = key.split(".")
@@ -118,21 +170,22 @@ def _check_ranges(cfg: RunConfig) -> None:
 
 def _validate(cfg: RunConfig) -> None:
     _check_ranges(cfg)
+    _check_names(cfg)
     s, d = cfg.sampling, cfg.data
     unknown = set(d.benchmarks) - set(BENCHMARKS)
     if unknown:
         raise ConfigError(f"data.benchmarks: unknown {sorted(unknown)}; known {list(BENCHMARKS)}")
-    for name, table in (
-        ("data.max_questions", d.max_questions),
-        ("sampling.n_samples", s.n_samples),
-        ("sampling.max_new_tokens", s.max_new_tokens),
+    for name, table, least in (
+        ("data.max_questions", d.max_questions, 0),  # 0 = every question
+        ("sampling.n_samples", s.n_samples, 1),
+        ("sampling.max_new_tokens", s.max_new_tokens, 1),
     ):
         missing = [b for b in d.benchmarks if b not in table]
         if missing:
             raise ConfigError(f"{name}: no value for {missing}")
-        bad = {k: v for k, v in table.items() if not isinstance(v, int) or v < 0}
+        bad = {k: v for k, v in table.items() if isinstance(v, bool) or not isinstance(v, int) or v < least}
         if bad:
-            raise ConfigError(f"{name}: values must be non-negative integers, got {bad}")
+            raise ConfigError(f"{name}: values must be integers >= {least}, got {bad}")
     if not isinstance(s.top_k, int) or s.top_k < 0:
         raise ConfigError(f"sampling.top_k={s.top_k!r}: a non-negative integer (0 = off)")
     if not 0.0 < s.repetition_penalty <= 2.0:

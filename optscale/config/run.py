@@ -247,6 +247,13 @@ def load_config(
     profile: str = DEFAULT_PROFILE, overrides: str | Mapping[str, Any] | None = None, run_id: str | None = None
 ) -> RunConfig:
     """Defaults <- profile (with ``extends``) <- overrides. Unknown keys raise ConfigError."""
+    if not isinstance(profile, (str, os.PathLike)):
+        raise ConfigError(f"profile {profile!r}: expected a profile name (a string), got {type(profile).__name__}")
+    if overrides is not None and not isinstance(overrides, (str, Mapping)):
+        raise ConfigError(f"overrides {overrides!r}: expected a string of key=value overrides or a mapping, "
+                          f"got {type(overrides).__name__}")
+    if run_id is not None and not isinstance(run_id, str):
+        raise ConfigError(f"run_id {run_id!r}: expected a string, got {type(run_id).__name__}")
     base = RunConfig().to_dict()
     prof = _read_profile(profile)
     prof.setdefault("profile", Path(profile).stem)

@@ -54,7 +54,9 @@ class DataConfig:
 class SamplingConfig:
     backend: str = "hf-cpu"  # registry name: hf-cpu | llama-cpp | vllm | openai
     model: str = "qwen2.5-coder-0.5b-instruct-q4"  # embedded GGUF name, local path or hub id
-    dtype: str = "bfloat16"  # bf16 is ~2x fp32 on this CPU (benchmarks/bench_sampler.py)
+    # transformers dtype (hf-cpu sampler, LM judges, OptPO); auto: bfloat16 on a GPU or a CPU with native
+    # bf16 (AVX512_BF16 / AMX, probed), else float32 (optscale.sampling.hf_models.resolve_dtype)
+    dtype: str = "auto"
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 0  # 0 = off
@@ -139,8 +141,9 @@ class TheoryConfig:
 
 @dataclass(frozen=True)
 class FitConfig:
-    family: str = "truncnorm"  # registry name in optscale.theory.fits.FITS used by the policies
-    families: tuple[str, ...] = ("truncnorm", "beta", "logit-normal", "kde")  # compared in notebook 02
+    # registry names in optscale.theory.fits.FITS compared in notebook 02 (the policies fit the
+    # truncated normal: optscale.policies.score_distribution)
+    families: tuple[str, ...] = ("truncnorm", "beta", "logit-normal", "kde")
     peeks: tuple[int, ...] = (3, 5, 10, 20)  # first-k scores the per-question fit sees
     prior_strength: float = 1.0  # MAP: multiplies the Gaussian prior's precision
     prior_tau: tuple[float, float] = (0.1, 0.1)  # MAP prior std of (mu, sigma) at strength 1
@@ -186,6 +189,19 @@ class EvaluationConfig:
     # pool set there. A listed one that does not exist is skipped with a note.
     auroc_pool_sets: tuple[str, ...] = ()
     auroc_policy: str = "optscale-0"  # the OptScale variant of the verifier-AUROC figure
+    # Verifier-quality sweep (notebook 10; SEMI-SYNTHETIC binormal scores on the real pools,
+    # optscale.evaluation.verifier_sweep): within-question AUROC levels, seeds 0..k-1, shift modes
+    # (difficulty | independent), pool sets (empty = pools.pool_name), first k questions per pool
+    # (0 = all), replay orders (fewer than notebook 05's, for time; 0 = orders / tune_orders),
+    # worker processes (the result does not depend on them).
+    sweep_aurocs: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+    sweep_seeds: int = 3
+    sweep_shift_modes: tuple[str, ...] = ("difficulty", "independent")
+    sweep_pool_sets: tuple[str, ...] = ()
+    sweep_questions: int = 0
+    sweep_orders: int = 10
+    sweep_tune_orders: int = 2
+    sweep_jobs: int = 2
     split_seed: int = 0
     orders: int = 20  # seeded random sample orders per test question (replay)
     tune_orders: int = 4  # orders per calibration question during the grid search
@@ -212,7 +228,7 @@ class SystemsConfig:
     pf_temperature: float = 0.2  # softmax(reward / T) over rewards in [0, 1]; 1.0 barely selects
     pf_max_steps: int = 12
     pf_step_tokens: int = 96  # cap per reasoning step (a step ends at a blank line)
-    pf_resampler: str = "systematic"  # multinomial | systematic
+    pf_resampler: str = "systematic"  # optscale.systems.particle_filter.RESAMPLERS: multinomial | systematic
     pf_reward: str = "last"  # step-score aggregation for the particle reward: last | mean | min | prod
     pf_select: str = "best"  # best | weighted-vote
     # step reward: lm-judge (scoring.judge_model over each partial text) | self-certainty (the
@@ -235,8 +251,6 @@ class SystemsConfig:
             raise ConfigError(f"systems.benchmark={self.benchmark!r}: use one of {list(BENCHMARKS)}")
         if self.pf_temperature <= 0:
             raise ConfigError("systems.pf_temperature must be > 0")
-        if self.pf_resampler not in ("multinomial", "systematic"):
-            raise ConfigError(f"systems.pf_resampler={self.pf_resampler!r}: use multinomial|systematic")
         if self.pf_reward not in ("last", "mean", "min", "prod"):
             raise ConfigError(f"systems.pf_reward={self.pf_reward!r}: use last|mean|min|prod")
         if self.pf_select not in ("best", "weighted-vote"):

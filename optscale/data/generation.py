@@ -3,8 +3,24 @@
 Generation keeps several questions in flight, appends each finished question (in any order) to a
 JSONL checkpoint next to the pool and merges the checkpoint into the Parquet file every few
 questions (write to a temporary file, then rename, rows sorted by question), so a killed run loses
-at most the questions in flight and a rerun resumes with the missing ones. A pool is never resumed
-under another sampling setting. Regrading reapplies the current grading rule to stored samples.
+at most the questions in flight and a rerun resumes with the missing ones. Regrading reapplies the
+current grading rule to stored samples.
+
+Integrity:
+
+- A pool is never resumed under another setting. Every checkpoint line is one question,
+  ``{"question_id", "settings", "rows"}``, and ``settings`` holds what the pool's metadata will say
+  (n, seed, max_new_tokens, the sampling config, generator, scorers); a resume or a merge compares
+  each line with the pool (or the run) exactly as it compares a Parquet pool's metadata, and each
+  question's sample count with n. A line written before settings were recorded is merged only
+  when its sample count matches.
+- A run killed mid-write leaves a truncated last line: it is cut off (with a warning), keeping every
+  complete line. A bad line anywhere else is an error naming the file and the line; nothing is
+  changed, so nothing is lost.
+- One writer per pool (:func:`optscale.data.pools.pool_lock`): generation, merge, scoring,
+  combination and regrading refuse at once while another process holds the pool.
+- "Done" compares question ids: a pool that holds questions outside the selection while some
+  selected ones are missing is refused with the difference named.
 """
 
 from __future__ import annotations
@@ -14,6 +30,7 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -25,9 +42,10 @@ from ..config import RunConfig
 from ..sampling.base import Completion, SampleRequest, Sampler, derive_seed, load_prompt_template
 from .benchmarks import Problem
 from .grading import GRADING_RULE_VERSION, Grader, default_grader, grade, grading_rule
-from .pools import PoolError, pool_path, read_pool, write_pool
+from .pools import PoolError, pool_lock, pool_path, read_pool, validate_pool_frame, write_pool
 
-__all__ = ["merge_checkpoint", "regrade_frame", "regrade_pool", "generate_pool"]
+__all__ = ["merge_checkpoint", "regrade_frame", "regrade_pool", "generate_pool", "pool_needs_sampling",
+           "checkpoint_path"]
 
 _log = logging.getLogger("optscale.data.generation")
 
@@ -71,17 +89,19 @@ def _add_grading(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
 def regrade_pool(path: str | os.PathLike) -> dict[str, Any]:
     """Regrade a pool file in place (:func:`regrade_frame`; atomic rewrite). Returns how many
     answers and correct flags changed and the single-sample accuracy before and after."""
-    pool = read_pool(path, allow_partial_scores=True)
-    new, grading = regrade_frame(pool.df)
-    old_ans = pool.df["answer"].astype(object).to_numpy(dtype=object, na_value=None)  # a missing answer: None
-    summary = {
-        "dataset": pool.dataset, "samples": len(new),
-        "answers_changed": int((old_ans != new["answer"].to_numpy(dtype=object)).sum()),
-        "correct_changed": int((pool.df["correct"].astype(bool).to_numpy() != new["correct"].to_numpy()).sum()),
-        "accuracy_before": float(pool.df["correct"].astype(bool).mean()), "accuracy_after": float(new["correct"].mean()),
-        "grading_before": pool.meta.get("grading", {}).get("version", 1), "grading": grading,
-    }
-    write_pool(new, {**pool.meta, "grading": grading}, path, allow_partial_scores=True)
+    with pool_lock(path, "regrade"):
+        pool = read_pool(path, allow_partial_scores=True)
+        new, grading = regrade_frame(pool.df)
+        old_ans = pool.df["answer"].astype(object).to_numpy(dtype=object, na_value=None)  # a missing answer: None
+        summary = {
+            "dataset": pool.dataset, "samples": len(new),
+            "answers_changed": int((old_ans != new["answer"].to_numpy(dtype=object)).sum()),
+            "correct_changed": int((pool.df["correct"].astype(bool).to_numpy() != new["correct"].to_numpy()).sum()),
+            "accuracy_before": float(pool.df["correct"].astype(bool).mean()),
+            "accuracy_after": float(new["correct"].mean()),
+            "grading_before": pool.meta.get("grading", {}).get("version", 1), "grading": grading,
+        }
+        write_pool(new, {**pool.meta, "grading": grading}, path, allow_partial_scores=True)
     return summary
 
 
@@ -113,39 +133,169 @@ def _rows_for_question(problem: Problem, comps: Sequence[Completion], scores: di
     return rows
 
 
-def _read_checkpoint(path: Path) -> list[dict]:
-    """Rows of complete questions from a JSONL checkpoint. A truncated last line (a run killed
-    mid-write) is dropped with a warning; a malformed line elsewhere is an error."""
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """The JSONL checkpoint beside the pool at ``path``."""
+    return Path(path).with_suffix(".checkpoint.jsonl")
+
+
+# what a checkpoint line records of the pool's metadata: enough to check it against a pool or a
+# run (:func:`_setting_differences`) and to create the pool from it (:func:`merge_checkpoint`)
+_SETTINGS_KEYS = ("dataset", "pool_name", "generator", "scorers", "n_samples", "max_new_tokens", "seed", "sampling")
+
+
+def _settings(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in _SETTINGS_KEYS if k in meta}
+
+
+@dataclass
+class _Checkpoint:
+    """A parsed checkpoint: ``lines`` are ``(line number, question id, settings or None, rows)``."""
+
+    path: Path
+    lines: list[tuple[int, str, dict[str, Any] | None, list[dict]]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows of every question, from its first line (a question on two lines: the first)."""
+        first = {}
+        for _, qid, _, rows in self.lines:
+            first.setdefault(qid, rows)
+        return [r for rows in first.values() for r in rows]
+
+    @property
+    def question_ids(self) -> list[str]:
+        return list(dict.fromkeys(q for _, q, _, _ in self.lines))
+
+
+def _read_checkpoint(path: Path) -> _Checkpoint:
+    """The complete questions of a JSONL checkpoint (see the module docstring); the caller holds
+    the pool's lock.
+
+    A bad last line (a run killed mid-write) is cut off the file with a warning, so that new lines
+    follow the good ones; a bad line elsewhere is a :class:`PoolError` naming the file and the
+    line, and the file is left as it is."""
+    ck = _Checkpoint(path)
     if not path.is_file():
-        return []
-    lines = path.read_text().splitlines()
-    rows: list[dict] = []
-    for i, line in enumerate(lines):
+        return ck
+    data = path.read_bytes()
+    starts, pos = [], 0
+    while pos < len(data):  # (start, end) of every line, the end before its newline
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end
+        starts.append((pos, end))
+        pos = end + 1
+    last = max((i for i, (a, b) in enumerate(starts) if data[a:b].strip()), default=-1)
+    for i, (a, b) in enumerate(starts):
+        line = data[a:b]
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
+        except ValueError as e:  # JSONDecodeError, or a multi-byte character cut in two
+            if i == last:
                 import warnings
 
-                warnings.warn(f"{path}: line {i + 1} is truncated (killed run); dropping that question")
+                kept = len(ck.lines)
+                warnings.warn(f"{path}: line {i + 1} is truncated (a run killed mid-write); cut off, keeping the "
+                              f"{kept} complete question(s) before it (that question is sampled again)")
+                with open(path, "r+b") as f:
+                    f.truncate(a)
+                    f.flush()
+                    os.fsync(f.fileno())
                 break
-            raise PoolError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or "rows" not in rec:
-            raise PoolError(f"{path}: line {i + 1}: expected an object with field 'rows'")
-        rows.extend(rec["rows"])
-    return rows
+            raise PoolError(f"{path}: line {i + 1} is not valid JSON ({getattr(e, 'msg', e)}); the other lines "
+                            f"are intact and nothing was changed: repair or delete line {i + 1} (its question is "
+                            "then sampled again) and rerun") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("rows"), list) or "question_id" not in rec:
+            raise PoolError(f"{path}: line {i + 1}: expected an object with fields 'question_id' and 'rows'; "
+                            "nothing was changed")
+        settings = rec.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise PoolError(f"{path}: line {i + 1}: field 'settings' is not an object; nothing was changed")
+        ck.lines.append((i + 1, str(rec["question_id"]), settings, rec["rows"]))
+        if i == last and not data.endswith(b"\n"):
+            with open(path, "ab") as f:  # a complete last line without its newline: the next line starts anew
+                f.write(b"\n")
+    return ck
 
 
-def _merge_checkpoint_rows(path: Path, ckpt: Path, base_df: pd.DataFrame | None, meta: dict) -> pd.DataFrame | None:
+def _setting_differences(old: dict[str, Any], new: dict[str, Any], dataset: str) -> list[str]:
+    """``key: old -> new`` for n, seed and every sample-defining sampling key (:func:`_changed_sampling`)
+    that differ between two pools' metadata (or a checkpoint line's settings)."""
+    out = []
+    if old.get("n_samples") != new.get("n_samples"):
+        out.append(f"sampling.n_samples.{dataset}: {old.get('n_samples')!r} -> {new.get('n_samples')!r}")
+    if old.get("seed") != new.get("seed"):
+        out.append(f"sampling.seed: {old.get('seed')!r} -> {new.get('seed')!r}")
+    return out + _changed_sampling(old.get("sampling") or {}, new.get("sampling") or {}, dataset)
+
+
+def _check_checkpoint(ck: _Checkpoint, meta: dict[str, Any], against: str) -> None:
+    """Every line of ``ck`` belongs to the pool described by ``meta`` (``against`` says whose
+    metadata that is, for the message): the same settings and exactly ``n_samples`` samples
+    0..n-1 of its own question. Raises :class:`PoolError` naming the line; changes nothing."""
+    dataset, n = meta.get("dataset", "?"), meta.get("n_samples")
+    legacy = 0
+    for line, qid, settings, rows in ck.lines:
+        if settings is None:
+            legacy += 1
+        else:
+            changed = _setting_differences(settings, meta, dataset)
+            if changed:
+                raise PoolError(
+                    f"{ck.path}: line {line} (question {qid!r}) was sampled under another setting than {against} "
+                    f"(checkpoint -> {'run' if against == 'this run' else 'pool'}: {'; '.join(changed)}); resuming "
+                    "would mix two settings in one pool. "
+                    "Nothing was changed: rerun with the setting that wrote the checkpoint to merge it, or move the "
+                    "checkpoint aside and use another pools.pool_name.")
+        idx = sorted(r.get("sample_index", -1) if isinstance(r, dict) else -1 for r in rows)
+        if n is not None and idx != list(range(n)):
+            raise PoolError(f"{ck.path}: line {line}: question {qid!r} has {len(rows)} samples (sample_index "
+                            f"{idx[:10]}{'...' if len(idx) > 10 else ''}), but {against} has n_samples={n}; "
+                            "nothing was changed")
+        others = {r.get("question_id") for r in rows} - {qid}
+        if others:
+            raise PoolError(f"{ck.path}: line {line}: question {qid!r} holds rows of question(s) "
+                            f"{sorted(map(str, others))}; nothing was changed")
+        datasets = {r.get("dataset") for r in rows} - {dataset}
+        if datasets and meta.get("dataset"):
+            raise PoolError(f"{ck.path}: line {line}: question {qid!r} has rows of dataset "
+                            f"{sorted(map(str, datasets))}, {against} is {dataset!r}; nothing was changed")
+    if legacy:
+        import warnings
+
+        warnings.warn(f"{ck.path}: {legacy} line(s) record no settings (written by an older version); merged into "
+                      f"{against} because their sample counts match n_samples={n}", stacklevel=3)
+
+
+def _validate_checkpoint_rows(ck: _Checkpoint, new_df: pd.DataFrame) -> None:
+    """The checkpoint's rows pass the pool's validation; an error names the checkpoint line."""
+    try:
+        validate_pool_frame(new_df, ck.path, allow_partial_scores=True)
+    except PoolError:
+        for line, qid, _, rows in ck.lines:  # which line: validate them one at a time
+            try:
+                validate_pool_frame(pd.DataFrame(rows).drop(columns=["grading_unresolved"], errors="ignore"),
+                                    f"{ck.path}: line {line}", allow_partial_scores=True)
+            except PoolError as e:
+                raise PoolError(f"{e}; nothing was changed: delete that line (its question is then sampled "
+                                "again) and rerun") from None
+        raise
+
+
+def _merge_checkpoint_rows(path: Path, ck: _Checkpoint, base_df: pd.DataFrame | None,
+                           meta: dict) -> pd.DataFrame | None:
     """Append the checkpoint's complete questions to ``base_df``, write the pool (validated), then
-    delete the checkpoint. Returns the merged frame (``base_df`` when the checkpoint is empty)."""
-    rows = _read_checkpoint(ckpt)
+    delete the checkpoint. Returns the merged frame (``base_df`` when the checkpoint holds no
+    question; an empty checkpoint file is deleted). The caller holds the pool's lock and has
+    checked the checkpoint (:func:`_check_checkpoint`)."""
+    rows = ck.rows
     if not rows:
+        ck.path.unlink(missing_ok=True)
         return base_df
     new_df = pd.DataFrame(rows)
     flags = new_df.pop("grading_unresolved") if "grading_unresolved" in new_df else None
+    _validate_checkpoint_rows(ck, new_df)
     parts = ([base_df] if base_df is not None else []) + [new_df]
     df = pd.concat(parts, ignore_index=True).drop_duplicates(["question_id", "sample_index"], keep="first")
     # a column scored offline (`generate score`) before the pool grew: its new rows are unscored
@@ -161,27 +311,40 @@ def _merge_checkpoint_rows(path: Path, ckpt: Path, base_df: pd.DataFrame | None,
         meta["grading"] = _add_grading(meta.get("grading"), _grading_meta(unresolved))
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_pool(df, meta, path, allow_partial_scores=True)
-    ckpt.unlink(missing_ok=True)
+    ck.path.unlink(missing_ok=True)
     return df
 
 
 def merge_checkpoint(path: str | os.PathLike) -> int:
     """Merge the checkpoint a stopped ``generate_pool`` left beside ``path`` into the pool, without
-    loading a model (``generate_pool`` does the same first thing when it resumes). Returns the
-    number of questions merged. The pool itself must exist: its metadata (generator, scorers) is
-    written by the run that created it."""
+    loading a model (``generate_pool`` does the same first thing when it resumes), under the pool's
+    lock. Returns the number of questions merged. Every line is checked against the pool's
+    metadata (settings, n); without a pool, the pool is created from the settings the lines
+    record (a run stopped before its first merge), and a checkpoint without them is an error."""
     path = Path(path)
-    ckpt = path.with_suffix(".checkpoint.jsonl")
-    rows = _read_checkpoint(ckpt)
-    if not rows:
+    ckpt = checkpoint_path(path)
+    if not ckpt.is_file():
         return 0
-    if not path.is_file():
-        raise PoolError(f"{ckpt}: no pool at {path} to merge into; rerun `python -m optscale.generate pools`, "
-                        "which merges the checkpoint when it starts")
-    existing = read_pool(path, allow_partial_scores=True)
-    before = existing.n_questions
-    merged = _merge_checkpoint_rows(path, ckpt, existing.df, dict(existing.meta))
-    return int(merged["question_id"].nunique()) - before
+    with pool_lock(path, "merge"):
+        ck = _read_checkpoint(ckpt)
+        if not ck.lines:
+            ckpt.unlink(missing_ok=True)
+            return 0
+        if path.is_file():
+            existing = read_pool(path, allow_partial_scores=True)
+            base_df, meta, before = existing.df, dict(existing.meta), existing.n_questions
+            against = f"the pool {path}"
+        else:
+            recorded = [st for _, _, st, _ in ck.lines if st is not None]
+            if len(recorded) < len(ck.lines):
+                raise PoolError(f"{ckpt}: no pool at {path} to merge into, and the checkpoint records no settings "
+                                "(an older version wrote it); rerun `python -m optscale.generate pools` with the "
+                                "setting that wrote it, which merges the checkpoint when it starts")
+            base_df, meta, before = None, {**recorded[0], "git_hash": _git_hash()}, 0
+            against = f"its line {ck.lines[0][0]}"
+        _check_checkpoint(ck, meta, against)
+        merged = _merge_checkpoint_rows(path, ck, base_df, meta)
+        return int(merged["question_id"].nunique()) - before
 
 
 def _git_hash() -> str | None:
@@ -265,6 +428,8 @@ def _replica_summary(sampler: Sampler, before: list[dict] | None) -> list[dict] 
 # sampling keys that change what a sample is (the rest: batching, endpoints, retries, threads)
 _SAMPLE_KEYS = ("backend", "model", "dtype", "temperature", "top_p", "top_k", "repetition_penalty", "system_prompt",
                 "prompt_template", "top_k_logprobs")
+# the backends whose samples depend on sampling.dtype
+DTYPE_BACKENDS = ("hf-cpu", "vllm")
 
 
 def _changed_sampling(old: dict[str, Any], new: dict[str, Any], dataset: str) -> list[str]:
@@ -272,11 +437,17 @@ def _changed_sampling(old: dict[str, Any], new: dict[str, Any], dataset: str) ->
     pool did not record is compared with its default, i.e. the new config's value when it is the
     default)."""
     from ..config import SamplingConfig
+    from ..sampling.hf_models import resolve_dtype
 
     defaults = SamplingConfig()
     out = []
     for k in _SAMPLE_KEYS:
         a, b = old.get(k, getattr(defaults, k)), new.get(k)
+        if k == "dtype":  # the dtype computed in (auto resolved on this machine), where the backend uses it
+            if new.get("backend") not in DTYPE_BACKENDS:
+                continue  # llama.cpp computes in the GGUF's own types; an endpoint chooses its own
+            device = "cuda" if new.get("backend") == "vllm" else "cpu"
+            a, b = resolve_dtype(a, device), resolve_dtype(b, device)
         if a != b:
             out.append(f"sampling.{k}: {a!r} -> {b!r}")
     a = (old.get("max_new_tokens") or {}).get(dataset)
@@ -284,6 +455,41 @@ def _changed_sampling(old: dict[str, Any], new: dict[str, Any], dataset: str) ->
     if a is not None and a != b:
         out.append(f"sampling.max_new_tokens.{dataset}: {a} -> {b}")
     return out
+
+
+def _short_ids(ids: Sequence[str], k: int = 10) -> str:
+    ids = [str(q) for q in ids]
+    return ", ".join(ids[:k]) + (f", ... ({len(ids) - k} more)" if len(ids) > k else "")
+
+
+def _check_selection(path: Path, held: Sequence[str], problems: Sequence[Problem]) -> None:
+    """Refuse a pool (with its checkpoint) that holds questions outside ``problems`` while some of
+    ``problems`` are missing: another selection (``data.selection``, ``selection_seed``, ``offset``)
+    made it, and growing it would mix two selections. A pool holding every selected question and
+    more (a smaller selection of the same order) is complete."""
+    wanted = {p.id for p in problems}
+    have = set(held)
+    missing = [p.id for p in problems if p.id not in have]
+    extra = [q for q in dict.fromkeys(held) if q not in wanted]
+    if missing and extra:
+        raise PoolError(f"{path}: the pool holds {len(extra)} question(s) not in this selection ({_short_ids(extra)}) "
+                        f"and {len(missing)} selected question(s) missing ({_short_ids(missing)}): another selection "
+                        "(data.selection, data.selection_seed, data.offset, data.max_questions) or benchmark file made "
+                        "it. Growing it would mix two selections; nothing was sampled. Use another pools.pool_name for "
+                        "this selection, or the selection that made the pool.")
+
+
+def pool_needs_sampling(path: str | os.PathLike, problems: Sequence[Problem]) -> bool:
+    """Whether :func:`generate_pool` has work for the pool at ``path``: a checkpoint to merge, or
+    questions of ``problems`` (by id) the pool lacks. Raises :class:`PoolError` for a pool of
+    another selection (:func:`_check_selection`). Reads only (no lock)."""
+    path = Path(path)
+    if checkpoint_path(path).is_file():
+        return True
+    held = read_pool(path, allow_partial_scores=True).question_ids if path.is_file() else []
+    _check_selection(path, held, problems)
+    have = set(held)
+    return any(p.id not in have for p in problems)
 
 
 def generate_pool(
@@ -313,17 +519,40 @@ def generate_pool(
     the Parquet file is sorted by question. If the sampler fails, every question that finished
     is in the checkpoint before the error is raised.
 
-    ``max_questions`` stops after that many new questions (for interleaving benchmarks);
+    The run holds the pool's lock (:func:`optscale.data.pools.pool_lock`) throughout; the pool and
+    its checkpoint are checked first (same settings and n, the same selection of questions: see
+    the module docstring), and a refusal changes nothing.
+
+    ``max_questions`` (>= 1) stops after that many new questions (for interleaving benchmarks);
     ``deadline`` (a ``time.time()`` value) starts no new question after it, so a time-boxed run
     overshoots by at most the questions in flight. ``grading_workers`` (default: 1 for samplers
     that stream questions over HTTP, 0 for in-process and Ray ones) grades in a separate process, so that grading
     (math-verify, pure Python) does not hold up the HTTP event loop. A sampler with replicas (``run_summary()``)
     has its per-replica counts of this run logged and stored in the metadata (``run_summary``).
     """
+    path = Path(path) if path else pool_path(config, dataset)
+    n = config.sampling.n_samples.get(dataset)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise PoolError(f"{path}: sampling.n_samples.{dataset} = {n!r}: the samples per question must be an integer "
+                        ">= 1; nothing was sampled")
+    if max_questions is not None and (isinstance(max_questions, bool) or not isinstance(max_questions, int)
+                                      or max_questions < 1):
+        raise PoolError(f"{path}: max_questions (--chunk) = {max_questions!r}: must be an integer >= 1 "
+                        "(questions per benchmark per round); nothing was sampled")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pool_lock(path, f"generate pools ({dataset})"):
+        return _generate_locked(config, dataset, problems, sampler, scorers, path, flush_every, progress,
+                                max_questions, on_question, deadline, questions_in_flight, grading_workers)
+
+
+def _generate_locked(config: RunConfig, dataset: str, problems: Sequence[Problem], sampler: Sampler,
+                     scorers: Sequence[Any], path: Path, flush_every: int, progress: bool, max_questions: int | None,
+                     on_question: Callable[[Problem], None] | None, deadline: float | None,
+                     questions_in_flight: int | None, grading_workers: int | None) -> Path:
+    """:func:`generate_pool` with the pool's lock held."""
     from tqdm.auto import tqdm
 
-    path = Path(path) if path else pool_path(config, dataset)
-    ckpt = path.with_suffix(".checkpoint.jsonl")
+    ckpt = checkpoint_path(path)
     s = config.sampling
     n, cap = s.n_samples[dataset], s.max_new_tokens[dataset]
     meta = {
@@ -338,6 +567,12 @@ def generate_pool(
         "sampling": config.to_dict()["sampling"],
         "git_hash": _git_hash(),
     }
+    if s.backend in DTYPE_BACKENDS:  # record the dtype computed in, not "auto"
+        from ..sampling.hf_models import resolve_dtype
+
+        device = "cuda" if s.backend == "vllm" else getattr(sampler, "device", "cpu")
+        meta["sampling"]["dtype"] = resolve_dtype(s.dtype, device)
+    run_settings = dict(meta)
     existing = read_pool(path, allow_partial_scores=True) if path.is_file() else None
     base_df = existing.df if existing is not None else None
     if existing is not None:
@@ -350,18 +585,22 @@ def generate_pool(
             raise PoolError(f"{path}: the existing pool was sampled with a different setting ({'; '.join(changed)}); "
                             "resuming would mix two settings in one pool. Use another pools.pool_name (or study arm).")
         meta = {**existing.meta, "git_hash": meta["git_hash"]}
-    ck_rows = _read_checkpoint(ckpt)
-    done = set(base_df["question_id"]) if base_df is not None else set()
-    done |= {r["question_id"] for r in ck_rows}
+    ck = _read_checkpoint(ckpt)  # a truncated last line is cut off here (we hold the lock)
+    _check_checkpoint(ck, run_settings, "this run")  # the run's setting is the pool's (checked above)
+    held = (existing.question_ids if existing is not None else []) + ck.question_ids
+    _check_selection(path, held, problems)
+    done = set(held)
     todo = [p for p in problems if p.id not in done]
     if max_questions is not None:
         todo = todo[:max_questions]
+    settings = json.loads(json.dumps(_settings(meta), default=str))  # recorded on every checkpoint line
+    short: list[str] = []  # questions the sampler returned with another number of samples
 
-    def flush() -> None:
+    def flush(parsed: _Checkpoint | None = None) -> None:
         nonlocal base_df
-        base_df = _merge_checkpoint_rows(path, ckpt, base_df, meta)
+        base_df = _merge_checkpoint_rows(path, parsed or _read_checkpoint(ckpt), base_df, meta)
 
-    flush()  # a checkpoint left by a killed run is merged first
+    flush(ck)  # a checkpoint left by a killed run is merged first
     template = load_prompt_template(s.prompt_template)
 
     def jobs():
@@ -383,9 +622,14 @@ def generate_pool(
 
     def write(p: Problem, comps: Sequence[Completion], rows: list[dict]) -> None:
         nonlocal finished, toks, since
+        if len(rows) != n:  # never checkpointed (a merge would refuse it); the others still are
+            short.append(f"{p.id} ({len(rows)})")
+            _log.error("%s: sampler %r returned %d samples for question %r, asked for %d; not checkpointed",
+                       path, getattr(sampler, "name", "?"), len(rows), p.id, n)
+            return
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         with open(ckpt, "a") as f:
-            f.write(json.dumps({"question_id": p.id, "rows": rows}) + "\n")
+            f.write(json.dumps({"question_id": p.id, "settings": settings, "rows": rows}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         finished += 1
@@ -429,4 +673,8 @@ def generate_pool(
         flush()
         if since == 0 and finished and base_df is not None:  # the last flush came before the run summary
             write_pool(base_df, meta, path, allow_partial_scores=True)
+    if short:
+        raise PoolError(f"{path}: sampler {getattr(sampler, 'name', '?')!r} returned another number of samples than "
+                        f"n_samples={n} for {len(short)} question(s) ({_short_ids(short)}; samples in parentheses); "
+                        "they were not stored (the other questions were) and are sampled again by a rerun")
     return path

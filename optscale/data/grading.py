@@ -10,12 +10,21 @@
   ``\\frac{1}{2}`` and ``0.5`` as one answer (the reference votes on raw strings).
 - :func:`split_steps`: the step spans a PRM / judge scores (paragraphs separated by blank lines).
 
-Determinism and cost (:class:`Grader`). Each distinct answer string is parsed once; its parse
-(the list of sympy objects / strings math-verify returns) is its *form*, and answers with the same
+Determinism and cost (:class:`Grader`). Each answer string gets a cheap, sympy-free
+*signature* (:func:`answer_signature`: outer ``$``/``\\boxed`` removed, ``\\dfrac``/``\\tfrac``
+as ``\\frac``, ``\\left``/``\\right`` dropped, spaces that LaTeX ignores removed, plain
+rationals by value); strings with one signature share one math-verify parse. That parse (the list
+of sympy objects / strings math-verify returns) is the answer's *form*, and answers with the same
 form are equal without a comparison. ``verify`` is called at most once per pair of distinct forms
 (gold vs form for correctness; form vs class representative for classes) and cached; pairs whose
-result follows from verify's own rules (a shared string, two exact rationals, two constants far
-apart: see ``_FAR``) are decided without it.
+result follows from verify's own rules are decided without it: a shared string, two exact
+rationals, and pairs whose numbers differ by more than ``_FAR`` (constants, an assignment
+``x = c`` against a number, expressions evaluated at fixed points of their free symbols, interval
+endpoints, matrix entries) or whose kinds cannot match (a number against an interval, a matrix or
+a tuple; tuples or matrices of different sizes). So the cost of :meth:`Grader.classes` grows with
+the number of distinct forms of a question, and ``verify`` runs only between forms that could be
+equal (``benchmarks/bench_grading.py --source math500-forms``: 256 samples a question, 80+ forms,
+the same classes as comparing every answer with every class representative through math-verify).
 Parsing and comparing run under a budget of **CPU time of this process** (``setitimer``
 ``ITIMER_PROF``), not math-verify's wall-clock ``SIGALRM``: load from other processes does not
 change which comparisons finish, so classes and correctness do not depend on the machine's load.
@@ -38,7 +47,7 @@ import re
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
 __all__ = [
@@ -52,6 +61,7 @@ __all__ = [
     "is_equivalent",
     "grade",
     "answer_classes",
+    "answer_signature",
     "default_grader",
     "split_steps",
 ]
@@ -215,6 +225,8 @@ class _Form:
     strings: frozenset = frozenset()  # the parse's (non-empty, stripped) strings
     exact: Any = None  # the parse is one exact rational (Integer / Rational, not Float) + strings
     value: complex | None = None  # the parse is one plain constant + strings: its value (15 digits)
+    kind: str = "opaque"  # what verify's rules can say about it without a call (see _kind_of)
+    probe: tuple = ()  # the numbers the kind's rules compare (see _kind_of)
 
 
 # How math-verify 0.9's ``verify`` decides, used to skip calls whose result is known. ``verify``
@@ -253,6 +265,253 @@ def _shortcut_parts(parsed: Sequence[Any]) -> tuple[frozenset, Any, complex | No
     return strings, None, v if all(map(math.isfinite, (v.real, v.imag))) else None
 
 
+# -- kinds: what math-verify 0.9's ``sympy_expr_eq`` can conclude between two single objects ----
+# (strict mode, no set/relation comparison; each rule is checked against ``verify`` in
+# tests/test_grading.py on real answers):
+# - "number": a plain constant (probe: its value). "assign": ``symbols = constant`` (probe: the
+#   constant). Against anything that is not an equation verify replaces an equation by its right
+#   side (and an assignment gold by its right side), so both compare as numbers.
+# - "expr": an expression with free symbols, evaluated at fixed points of its symbols (probe: the
+#   values). Numbers / expressions that differ by more than _FAR at one point differ as functions:
+#   the numeric test ``(a - b).evalf() == 0`` and ``simplify(a - b).is_zero`` are False (rounding a
+#   symbolic expression raises, and verify counts that as not equal).
+# - "intervals": an Interval or a Union of them with numeric endpoints (probe: endpoints, open
+#   flags). A number is never equal to one (verify compares {number} with the set: the symmetric
+#   difference is not empty); two with as many pieces differ when an endpoint differs by > _FAR
+#   (sympy keeps unions disjoint and sorted), two single intervals also when an end's openness
+#   differs.
+# - "matrix": numeric entries (probe: shape, entries). Never equal to a number (subtracting raises);
+#   unequal to a matrix of another shape or with an entry > _FAR away.
+# - "tuple": a Tuple / FiniteSet of >= 2 numbers far apart from each other (probe: size). Never
+#   equal to a number ({number} has one element) or to a tuple / set of another size, nor to
+#   intervals unless one open interval meets a pair (verify's interval-as-pair rule). Numbers,
+#   expressions, intervals and tuples are never equal to a matrix ({matrix} is a one-element set).
+# - "symbol": a bare symbol (probe: its name): ``sympy_compare_symbols`` matches it only to Euler's
+#   number (name e), a product of symbols spelling its name, or a printed form equal to its name.
+_PROBE_POINTS = 2
+
+
+def _symbol_value(name: str, point: int) -> float:
+    """The value a free symbol takes at probe point ``point``: fixed by its name, in [0.3, 1.6]."""
+    import zlib
+
+    return 0.3 + ((zlib.crc32(f"{point}:{name}".encode()) % 10007) / 10007) * 1.3
+
+
+def _number_value(x) -> complex | None:
+    from sympy import N
+
+    try:
+        v = complex(N(x, 15))
+    except (TypeError, ValueError, OverflowError, ArithmeticError, AttributeError):
+        return None
+    return v if math.isfinite(v.real) and math.isfinite(v.imag) else None
+
+
+def _far(a: complex, b: complex) -> bool:
+    if not (math.isfinite(abs(a)) and math.isfinite(abs(b))):  # interval ends at +-infinity
+        return a != b
+    return abs(a - b) > _FAR * max(1.0, abs(a), abs(b))
+
+
+def _plain(x) -> bool:
+    """A scalar sympy expression verify compares numerically (no set, relation, boolean, matrix,
+    percent marker, bare symbol or undefined function)."""
+    from sympy import Expr, Symbol, UnevaluatedExpr
+    from sympy.core.function import AppliedUndef
+
+    return isinstance(x, Expr) and not isinstance(x, Symbol) and not x.has(UnevaluatedExpr) \
+        and not x.atoms(AppliedUndef)
+
+
+def _kind_of(parsed: Sequence[Any]) -> tuple[str, tuple]:
+    """(kind, probe) of a parse, as described above; ("opaque", ()) when no rule applies (then
+    ``verify`` decides every comparison)."""
+    from sympy import Eq, FiniteSet, Interval, MatrixBase, Symbol, Tuple, Union, oo
+    from latex2sympy2_extended import is_expr_of_only_symbols
+
+    nums = [x for x in parsed if not isinstance(x, str)]
+    if len(nums) != 1:
+        return "opaque", ()
+    x = nums[0]
+    if isinstance(x, MatrixBase):
+        vals = [_number_value(e) if getattr(e, "is_number", False) else None for e in x]
+        return ("matrix", (tuple(x.shape), tuple(vals))) if vals and None not in vals else ("opaque", ())
+    if isinstance(x, (Interval, Union)):
+        parts = [x] if isinstance(x, Interval) else list(x.args)
+        probe = []
+        for p in parts:
+            if not isinstance(p, Interval):
+                return "opaque", ()
+            ends = []
+            for e in (p.start, p.end):
+                v = complex(math.copysign(math.inf, 1 if e == oo else -1)) if e in (oo, -oo) else \
+                    (_number_value(e) if e.is_number else None)
+                if v is None:
+                    return "opaque", ()
+                ends.append(v)
+            probe.append((ends[0], ends[1], bool(p.left_open), bool(p.right_open)))
+        return "intervals", tuple(probe)
+    if isinstance(x, (Tuple, FiniteSet)):
+        vals = [_number_value(e) if getattr(e, "is_number", False) else None for e in x.args]
+        if len(vals) < 2 or None in vals or any(not _far(a, b) for i, a in enumerate(vals) for b in vals[i + 1:]):
+            return "opaque", ()
+        return "tuple", (len(vals),)
+    if isinstance(x, Eq) and is_expr_of_only_symbols(x.lhs):
+        rhs = x.rhs
+        if _plain(rhs) and rhs.is_number:
+            v = _number_value(rhs)
+            return ("assign", (v,)) if v is not None else ("opaque", ())
+        return "opaque", ()
+    if isinstance(x, Symbol):
+        return "symbol", (x.name,)
+    if not _plain(x):
+        return "opaque", ()
+    free = sorted(x.free_symbols, key=lambda s: s.name)
+    if not free:
+        v = _number_value(x)
+        return ("number", (v,)) if v is not None else ("opaque", ())
+    vals = []
+    for point in range(_PROBE_POINTS):
+        v = _number_value(x.subs({s: _symbol_value(s.name, point) for s in free}))
+        if v is None:
+            return "opaque", ()
+        vals.append(v)
+    return "expr", tuple(vals)
+
+
+def _kinds_decide(a: "_Form", b: "_Form") -> bool | None:
+    """False when the kinds' rules (above) show ``verify(a, b)`` is False; None when they cannot."""
+    ka, kb = a.kind, b.kind
+    if ka == "opaque" or kb == "opaque":
+        return None
+    scalar = ("number", "assign", "expr")
+    if ka in scalar and kb in scalar:  # an assignment compares as its right side, a number
+        pa = a.probe if ka == "expr" else a.probe * _PROBE_POINTS
+        pb = b.probe if kb == "expr" else b.probe * _PROBE_POINTS
+        return False if any(_far(x, y) for x, y in zip(pa, pb)) else None
+    if ka in scalar and kb in ("intervals", "matrix", "tuple") or kb in scalar and ka in ("intervals", "matrix", "tuple"):
+        return False
+    if ka == "symbol" or kb == "symbol":
+        return _symbol_decides(a, b) if ka != kb else None
+    if {ka, kb} == {"intervals", "tuple"}:  # only an open interval may equal a pair
+        iv, tup = (a, b) if ka == "intervals" else (b, a)
+        return None if len(iv.probe) == 1 and iv.probe[0][2] and iv.probe[0][3] and tup.probe == (2,) else False
+    if "matrix" in (ka, kb) and {ka, kb} & {"intervals", "tuple"}:  # {matrix} is no interval, no pair
+        return False
+    if ka == kb == "intervals":
+        pa, pb = a.probe, b.probe
+        if len(pa) != len(pb):  # sympy merges touching pieces: other piece counts, other sets
+            return False
+        if any(_far(x[0], y[0]) or _far(x[1], y[1]) for x, y in zip(pa, pb)):  # +-inf vs inf: not far
+            return False
+        if len(pa) == 1 and (pa[0][2:] != pb[0][2:]):
+            return False
+        return None
+    if ka == kb == "matrix":
+        (sa, va), (sb, vb) = a.probe, b.probe
+        if sa != sb:
+            return False
+        return False if any(_far(x, y) for x, y in zip(va, vb)) else None
+    if ka == kb == "tuple":
+        return False if a.probe != b.probe else None
+    return None
+
+
+# -- signatures: strings math-verify parses alike, found without parsing -----------------------
+_DOLLARS = re.compile(r"^\$([^$]*)\$$")
+_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?=[()\[\]|]|\\[{}|])")
+_FRAC_VARIANT = re.compile(r"\\[dt]frac(?![a-zA-Z])")
+# whitespace next to an operator or a bracket, and after a comma unless digit groups could be
+# thousands ("1, 000" and "11, \! 111" are parsed differently from "1,000", "11,\! 111"); not
+# next to a digit or a command ("3 \sqrt{5}")
+_SPACE_AT_OPERATOR = re.compile(r"\s+(?=[-+=()\[\]{}^_<>|])|(?<=[-+=()\[\]{}^_<>|])\s+")
+_SPACE_AFTER_COMMA = re.compile(r",\s+")
+_THOUSANDS = re.compile(r",\s*\d{3}(?!\d)|\\[!,;:]")
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # prose ("5 cm", "the total is 6"), not a \command
+_TEXT_COMMAND = re.compile(r"\\(?:text|mathrm|mbox|operatorname|textbf|mathbf)")
+_INTEGER = re.compile(r"-?\d+")
+_RATIONAL = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(\d+)\}|(\d+)/(\d+))")
+
+
+def _strip_wrapper(s: str) -> str:
+    """``X`` for ``$X$`` or ``\\boxed{X}`` spanning the whole string (balanced braces), else ``s``."""
+    m = _DOLLARS.match(s)
+    if m and "\\boxed" not in m.group(1):  # the grader parses "X" as "$X$": the same input
+        return m.group(1).strip()
+    head = "\\boxed{"
+    if s.startswith(head) and s.endswith("}") and "$" not in s and s.count("\\boxed") == 1:
+        depth = 0
+        for i, ch in enumerate(s[len(head) - 1:], len(head) - 1):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == 0:
+                return s[len(head):-1].strip() if i == len(s) - 1 else s
+    return s
+
+
+def answer_signature(answer: str) -> str:
+    """A cheap canonical string of an answer, without sympy: answers with equal signatures get the
+    same math-verify parse, so :class:`Grader` parses one per signature.
+
+    Rewrites (each one math-verify's own normalisation makes before parsing): the outer ``$...$``
+    or ``\\boxed{...}`` (not around a ``$``); ``\\dfrac`` / ``\\tfrac`` as ``\\frac``; ``\\left`` /
+    ``\\right`` before a delimiter; whitespace next to an operator or a bracket, and after a comma
+    unless a group of three digits follows one (``1, 000`` is a pair, ``1,000`` a number), unless
+    the string has words or ``\\text``-like commands
+    (math-verify picks a number out of prose by its spacing); an integer, ``a/b`` or
+    ``\\frac{a}{b}`` of integers becomes its reduced value (``"\\frac{4}{8}"`` and ``"1/2"`` give
+    ``"rational:1/2"``). Decimals keep their digits (math-verify reads ``0.5`` as ``1/2`` but
+    ``0.50`` as a float). tests/test_grading.py checks on real answers that equal signatures
+    mean equal parses."""
+    from fractions import Fraction
+
+    s = str(answer).strip()
+    for _ in range(3):
+        t = _strip_wrapper(s)
+        if t == s:
+            break
+        s = t
+    s = _FRAC_VARIANT.sub(r"\\frac", s)
+    s = _LEFT_RIGHT.sub("", s)
+    if not _TEXT_COMMAND.search(s) and not _WORD.search(s):
+        s = _SPACE_AT_OPERATOR.sub("", s)
+        if not _THOUSANDS.search(s):
+            s = _SPACE_AFTER_COMMA.sub(",", s)
+    if _INTEGER.fullmatch(s):
+        return f"rational:{int(s)}"
+    m = _RATIONAL.fullmatch(s)
+    if m:
+        num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(4), m.group(5))
+        if int(den) != 0:
+            v = Fraction(int(num), int(den)) * (-1 if m.group(1) else 1)
+            return f"rational:{v.numerator}/{v.denominator}" if v.denominator != 1 else f"rational:{v.numerator}"
+    return s
+
+
+def _symbol_decides(a: "_Form", b: "_Form") -> bool | None:
+    """A bare symbol against a number, an assignment, an expression, intervals or a tuple
+    (``sympy_compare_symbols``): False unless a name could match (``e`` for Euler's number, a
+    product of symbols spelling the name, or equal printed forms); then None."""
+    sym, other = (a, b) if a.kind == "symbol" else (b, a)
+    if other.kind in ("intervals", "tuple"):  # {symbol} has one element and no interval
+        return False
+    if other.kind not in ("number", "assign", "expr", "matrix"):
+        return None
+    from sympy import E, Eq, Mul, Symbol
+
+    name = sym.probe[0]
+    x = next(v for v in other.parsed if not isinstance(v, str))
+    if other.kind == "matrix":
+        return None if str(x) == name else False
+    if isinstance(x, Eq):  # an assignment compares as its right side
+        x = x.rhs
+    if name.lower() == "e" or str(x) == name:
+        return None
+    if isinstance(x, Mul) and all(arg == E or isinstance(arg, Symbol) for arg in x.args):
+        return None
+    return False
+
+
 def _form_key(parsed: Sequence[Any]) -> tuple:
     from sympy import srepr
 
@@ -269,6 +528,7 @@ class Grader:
         self.cpu_budget_s = cpu_budget_s
         self.stats = GradingStats()
         self._forms: dict[str, _Form] = {}
+        self._by_signature: dict[str, _Form] = {}
         self._eq: dict[tuple[tuple, tuple], bool | None] = {}  # None: unresolved (budget)
         self._recorders: list[GradingStats] = []
 
@@ -288,11 +548,17 @@ class Grader:
 
     # -- parse --------------------------------------------------------------------------------
     def form(self, answer: str) -> _Form:
-        """The parsed form of one answer string (parsed once per distinct string)."""
+        """The parsed form of one answer string (parsed once per distinct signature,
+        :func:`answer_signature`)."""
         s = answer.strip()
         f = self._forms.get(s)
         if f is None:
-            f = self._parse(s)
+            sig = answer_signature(s)
+            same = self._by_signature.get(sig)
+            if same is None:
+                f = self._by_signature[sig] = self._parse(s)
+            else:
+                f = replace(same, text=s)
             self._forms[s] = f
         if f.timed_out:
             for st in self._all_stats():
@@ -322,7 +588,10 @@ class Grader:
         parts, t2 = _budgeted(self.cpu_budget_s, _shortcut_parts, parsed)
         if t2:  # the constant's value took too long: no shortcut, verify decides
             parts = (frozenset(x.strip() for x in parsed if isinstance(x, str) and x.strip()), None, None)
-        return _Form(s, parsed, key, bool(same) and not t, False, *parts)
+        kind, t3 = _budgeted(self.cpu_budget_s, _kind_of, parsed)
+        if t3:  # evaluating it took too long: verify decides every comparison
+            kind = ("opaque", ())
+        return _Form(s, parsed, key, bool(same) and not t, False, *parts, *kind)
 
     # -- compare ------------------------------------------------------------------------------
     def _compare(self, gold: _Form, pred: _Form) -> bool | None:
@@ -337,8 +606,9 @@ class Grader:
             return True
         if gold.exact is not None and pred.exact is not None:
             return bool(gold.exact == pred.exact)
-        if gold.value is not None and pred.value is not None and \
-                abs(gold.value - pred.value) > _FAR * max(1.0, abs(gold.value), abs(pred.value)):
+        if gold.value is not None and pred.value is not None and _far(gold.value, pred.value):
+            return False
+        if _kinds_decide(gold, pred) is False:
             return False
         k = (gold.key, pred.key)
         if k not in self._eq:

@@ -13,11 +13,11 @@ Both return a :class:`optscale.data.pools.Pool` (validated with
 paper) under ``score__<scorer>`` with the steps under ``step_scores__<scorer>``.
 
 The whole file is read and checked before any sample is graded. A malformed or truncated file,
-an empty one, or a record without a gold answer raises :class:`PoolImportError` naming the file
-and the line (JSONL) or question index (JSON); with ``keep_partial=True`` the questions read
-before the fault are returned and the fault is recorded in ``pool.meta["import_error"]``. Gold
-answers missing from the file can be passed as ``gold={question_id: answer}`` (e.g. from
-:func:`optscale.data.benchmarks.load_benchmark`).
+an empty one, a record without a gold answer, or a text field holding a lone surrogate raises
+:class:`PoolImportError` naming the file, the line (JSONL) or question index (JSON) and the field;
+with ``keep_partial=True`` the questions read before the fault are returned and the fault is
+recorded in ``pool.meta["import_error"]``. Gold answers missing from the file can be passed as
+``gold={question_id: answer}`` (e.g. from :func:`optscale.data.benchmarks.load_benchmark`).
 
 Token counts: the file's ``completion_tokens`` when present; otherwise the ``tokenizer`` given
 (a name for ``transformers.AutoTokenizer`` or an object with ``encode``), else the tokenizer of
@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from ..sampling.scorers import aggregate_steps
+from ..scoring.scorers import aggregate_steps
 from .generation import regrade_frame
 from .pools import Pool, validate_pool_frame
 
@@ -46,6 +46,17 @@ __all__ = ["PoolImportError", "import_optscale_json", "import_sal_jsonl", "expor
 
 class PoolImportError(ValueError):
     """A pool file to import that is malformed or truncated (message names file and line)."""
+
+
+def _check_unicode(value: str, where: str, field: str) -> str:
+    """``value``, else a PoolImportError when it holds a lone surrogate (``"\\ud83d"`` in JSON: not
+    valid Unicode, so the pool's Parquet file could not store it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PoolImportError(f"{where}: {field} holds a lone surrogate {value[e.start]!r} at character {e.start} "
+                              "(not valid Unicode text; fix or drop it before importing)") from None
+    return value
 
 
 def _gold_answer(rec: dict, qid: str, where: str, gold: Mapping[str, str] | None) -> str:
@@ -77,12 +88,15 @@ def _rows(dataset: str, q_index: int, rec: dict, where: str, scorer: str, aggreg
     if toks is not None and (not isinstance(toks, list) or len(toks) != len(comps)
                              or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in toks)):
         raise PoolImportError(f"{where}: 'completion_tokens' must be a list of {len(comps)} non-negative integers")
-    qid = str(rec.get("unique_id", rec.get("id", q_index)))
-    gold_answer = _gold_answer(rec, qid, where, gold)
+    qid = _check_unicode(str(rec.get("unique_id", rec.get("id", q_index))), where,
+                         f"field {'unique_id' if 'unique_id' in rec else 'id'!r}")
+    gold_answer = _check_unicode(_gold_answer(rec, qid, where, gold), where,
+                                 "field 'answer'" if rec.get("answer") is not None else f"the gold answer passed for {qid!r}")
     rows = []
     for k, (text, st) in enumerate(zip(comps, steps)):
         if not isinstance(text, str):
             raise PoolImportError(f"{where}: completion {k} is not a string")
+        _check_unicode(text, where, f"completion {k} (field 'completions')")
         st = [st] if isinstance(st, (int, float)) else st
         try:
             arr = [float(x) for x in st]

@@ -26,15 +26,23 @@ Generator and scorer metadata, the sampling config, git hash and creation time a
 per file in the Parquet key-value metadata under ``optscale``. Generation with checkpoint / resume
 is in :mod:`optscale.data.generation`; this module reads, writes and validates pools, adds score
 columns, and draws the replay orders.
+
+One writer at a time: every function that rewrites a pool (:func:`write_pool`, :func:`score_pool`,
+:func:`write_score_column`, and generation, merge and regrade) holds the pool's lock
+(:func:`pool_lock`, the file ``<pool>.parquet.lock``), and a second writer is refused at once with
+the holder's pid and command (:class:`PoolLockedError`). A rewrite goes to a temporary file of its
+own in the same folder, then replaces the pool.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,9 +51,12 @@ import pyarrow.parquet as pq
 
 from ..config import PROJECT_ROOT, RunConfig
 from ..sampling.base import Completion
+from .locks import LockHeld, hold, lock_file
 
 __all__ = [
     "PoolError",
+    "PoolLockedError",
+    "pool_lock",
     "Pool",
     "POOL_SCHEMA",
     "pool_path",
@@ -81,6 +92,43 @@ FINISH_REASONS = {"stop", "stop_string", "length"}
 
 class PoolError(ValueError):
     """A pool file that is missing, unreadable, truncated or does not match the schema."""
+
+
+class PoolLockedError(PoolError):
+    """Another writer (process or thread) holds the pool's lock; ``holder`` is its record."""
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+@contextmanager
+def pool_lock(path: str | os.PathLike, what: str) -> Iterator[dict[str, Any]]:
+    """Hold the writer lock of the pool at ``path`` for the ``with`` block (re-entrant in the
+    holding thread; :mod:`optscale.data.locks`). ``what`` says what the holder does (shown to a
+    refused writer). Raises :class:`PoolLockedError` at once when another writer holds it, and
+    :class:`PoolError` when the lock file cannot be made (a read-only folder)."""
+    stack = ExitStack()
+    try:
+        record = stack.enter_context(hold(path, what))
+    except LockHeld as e:
+        h = e.holder
+        if h is None:
+            who = "a writer that was taking or releasing it just now (rerun to see whether it is still there)"
+        else:
+            thread = f", thread {h['thread']!r} of this process" if "thread" in h else ""
+            who = (f"pid {h.get('pid')} on {h.get('host', '?')}{thread}, {h.get('what', '?')} since "
+                   f"{h.get('since', '?')}, command: {h.get('command', '?')}")
+        raise PoolLockedError(f"{path}: locked by another writer: {who}. Refused, so that neither loses the other's "
+                              f"samples or scores; rerun once it has finished (the lock {e.path} goes with its "
+                              "process).", h) from None
+    except FileNotFoundError:
+        raise PoolError(f"{path}: pool file not found (its folder {Path(path).parent} does not exist)") from None
+    except OSError as e:
+        raise PoolError(f"{path}: cannot create the pool lock {lock_file(path)} ({e.strerror or e}); "
+                        "is the folder writable?") from None
+    with stack:
+        yield record
 
 
 def pool_path(config: RunConfig, dataset: str) -> Path:
@@ -203,6 +251,12 @@ def validate_pool_frame(df: pd.DataFrame, path: Any = "<pool>", allow_partial_sc
     bad = (df["n_tokens"].to_numpy() < 0).nonzero()[0]
     if bad.size:
         raise _fail(path, f"{where(int(bad[0]))}: field 'n_tokens' is negative")
+    # a completion with text took at least one token (0 would make every token saving NaN)
+    has_text = df["text"].map(lambda t: isinstance(t, str) and bool(t.strip())).to_numpy(dtype=bool)
+    bad = (has_text & (df["n_tokens"].to_numpy() == 0)).nonzero()[0]
+    if bad.size:
+        raise _fail(path, f"{where(int(bad[0]))}: field 'n_tokens' is 0 for a non-empty text "
+                          f"({int(bad.size)} such sample(s)); a token count must be at least 1")
     lengths = df["token_logprobs"].map(lambda x: 0 if x is None else len(x)).to_numpy()
     bad = ((lengths != 0) & (lengths != df["n_tokens"].to_numpy())).nonzero()[0]
     if bad.size:
@@ -216,6 +270,9 @@ def validate_pool_frame(df: pd.DataFrame, path: Any = "<pool>", allow_partial_sc
             raise _fail(path, f"row {i} (question {qid!r}): field 'sample_index' is {idx.tolist()[:20]}, "
                               f"expected 0..{len(idx) - 1} without gaps or duplicates")
     for col in [c for c in df.columns if c.startswith("score__")]:
+        bad = _first_non_number(df[col])
+        if bad is not None:
+            raise _fail(path, f"{where(bad)}: field {col!r} = {df[col].iloc[bad]!r} is not a number")
         v = df[col].to_numpy(dtype=float, na_value=np.nan)
         nan = np.isnan(v)
         if nan.any() and not allow_partial_scores:
@@ -234,10 +291,36 @@ def validate_pool_frame(df: pd.DataFrame, path: Any = "<pool>", allow_partial_sc
                 raise _fail(path, f"{where(i)}: field {col!r} has empty, NaN or out-of-range values")
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _parses_as_number(x: Any) -> bool:
+    try:
+        float(x)
+        return isinstance(x, str)
+    except (TypeError, ValueError):
+        return False
+
+
+def _first_non_number(values: pd.Series | np.ndarray | Sequence[Any]) -> int | None:
+    """Position of the first value that is neither a real number nor missing (None / NaN / NA);
+    among those, the first one that is not even a number written as a string ("high", not "0.8")."""
+    if isinstance(values, pd.Series) and pd.api.types.is_numeric_dtype(values) \
+            and not pd.api.types.is_bool_dtype(values):
+        return None
+    bad = [i for i, x in enumerate(values) if not (x is None or x is pd.NA or _is_number(x))]
+    if not bad:
+        return None
+    return next((i for i in bad if not _parses_as_number(values[i] if not isinstance(values, pd.Series)
+                                                         else values.iloc[i])), bad[0])
+
+
 def read_pool(path: str | os.PathLike, allow_partial_scores: bool = False) -> Pool:
     path = Path(path)
     if not path.is_file():
-        raise PoolError(f"{path}: pool file not found (generate it with `python -m optscale.data.pools generate`)")
+        raise PoolError(f"{path}: pool file not found (generate it with "
+                        "`python -m optscale.generate pools --profile <the profile naming this pool>`)")
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for truncated/corrupt files
@@ -270,14 +353,20 @@ def _to_table(df: pd.DataFrame, meta: dict[str, Any]) -> pa.Table:
 
 
 def write_pool(df: pd.DataFrame, meta: dict[str, Any], path: str | os.PathLike, allow_partial_scores: bool = False) -> Path:
-    """Validate, then write atomically (temporary file + rename)."""
+    """Validate, then write atomically under the pool's lock (:func:`pool_lock`): a temporary file
+    of this writer's own in the same folder, then a rename over the pool."""
     path = Path(path)
     df = df.sort_values(["question_index", "sample_index"], kind="stable").reset_index(drop=True)
     validate_pool_frame(df, path, allow_partial_scores)
+    table = _to_table(df, meta)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(_to_table(df, meta), tmp, compression="zstd")
-    os.replace(tmp, path)
+    with pool_lock(path, "write_pool"):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -316,14 +405,19 @@ def write_score_column(path: str | os.PathLike, name: str, scores: np.ndarray, d
     """Write a whole ``score__<name>`` column (one-step ``step_scores__<name>``) computed outside a
     scorer, e.g. a fitted combination of other columns; ``scores`` in the pool file's row order,
     NaN where a sample is not scored (yet)."""
-    df, meta, _ = open_score_column(path, name, description)
+    values = np.asarray(scores, dtype=object).ravel() if np.ndim(scores) else np.asarray([scores], dtype=object)
+    bad = _first_non_number(values)
+    if bad is not None:
+        raise PoolError(f"{path}: row {bad}: score__{name} = {values[bad]!r} is not a number; nothing written")
     scores = np.asarray(scores, dtype=float)
-    if scores.shape != (len(df),):
-        raise PoolError(f"{path}: {scores.size} scores for {len(df)} samples (column score__{name})")
-    df[f"score__{name}"] = scores
-    df[f"step_scores__{name}"] = pd.Series([None if np.isnan(x) else [float(x)] for x in scores], index=df.index,
-                                           dtype=object)
-    return write_pool(df, meta, path, allow_partial_scores=True)
+    with pool_lock(path, f"write score__{name}"):
+        df, meta, _ = open_score_column(path, name, description)
+        if scores.shape != (len(df),):
+            raise PoolError(f"{path}: {scores.size} scores for {len(df)} samples (column score__{name})")
+        df[f"score__{name}"] = scores
+        df[f"step_scores__{name}"] = pd.Series([None if np.isnan(x) else [float(x)] for x in scores],
+                                               index=df.index, dtype=object)
+        return write_pool(df, meta, path, allow_partial_scores=True)
 
 
 def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], flush_every: int = 8,
@@ -333,20 +427,21 @@ def score_pool(path: str | os.PathLike, scorer: Any, questions: dict[str, str], 
     ``max_questions`` scores at most that many of the unscored questions (a time-boxed caller)."""
     from tqdm.auto import tqdm
 
-    df, meta, todo = open_score_column(path, scorer.name, scorer.describe())
-    if max_questions is not None:
-        todo = todo[:max_questions]
-    since = 0
-    for qid in tqdm(todo, desc=f"{Path(path).stem} {scorer.name}", disable=not progress):
-        if qid not in questions:
-            raise PoolError(f"{path}: question {qid!r} has no question text to score")
-        index, comps = question_completions(df, qid)
-        store_scores(df, index, scorer.score(questions[qid], comps), scorer.name)
-        since += 1
-        if since >= flush_every:
-            write_pool(df, meta, path, allow_partial_scores=True)
-            since = 0
-    write_pool(df, meta, path, allow_partial_scores=True)
+    with pool_lock(path, f"score {scorer.name}"):
+        df, meta, todo = open_score_column(path, scorer.name, scorer.describe())
+        if max_questions is not None:
+            todo = todo[:max_questions]
+        since = 0
+        for qid in tqdm(todo, desc=f"{Path(path).stem} {scorer.name}", disable=not progress):
+            if qid not in questions:
+                raise PoolError(f"{path}: question {qid!r} has no question text to score")
+            index, comps = question_completions(df, qid)
+            store_scores(df, index, scorer.score(questions[qid], comps), scorer.name)
+            since += 1
+            if since >= flush_every:
+                write_pool(df, meta, path, allow_partial_scores=True)
+                since = 0
+        write_pool(df, meta, path, allow_partial_scores=True)
     return Path(path)
 
 

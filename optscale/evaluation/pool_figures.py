@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from ..data.pools import Pool
+from .policy_styles import FIXED_N_METHOD_POLICY, MARKER_EDGE, policy_style
 
 __all__ = ["describe_scorers", "plot_fixed_n_curves", "plot_score_histograms", "pool_caption"]
 
@@ -45,13 +45,19 @@ def plot_fixed_n_curves(curves: pd.DataFrame, title: str = "") -> plt.Figure:
     ``curves``: output of :func:`optscale.evaluation.curves.fixed_n_curves` (concatenated over datasets)."""
     datasets = list(dict.fromkeys(curves["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.0), squeeze=False, sharey=False)
-    palette = dict(zip(sorted(curves["method"].unique()), sns.color_palette("colorblind")))
+    # each method in the style of the policy it is at a fixed N (the figures of notebooks 05-06)
+    unknown = sorted(set(curves["method"]) - set(FIXED_N_METHOD_POLICY))
+    if unknown:
+        raise ValueError(f"plot_fixed_n_curves: method(s) {unknown} have no policy style; "
+                         f"known: {sorted(FIXED_N_METHOD_POLICY)}")
+    style = {m: policy_style(p) for m, p in FIXED_N_METHOD_POLICY.items()}
     for ax, ds in zip(axes[0], datasets):
         sub = curves[curves["dataset"] == ds]
-        for method, g in sub.groupby("method"):
-            g = g.sort_values("N")
-            ax.plot(g["N"], g["accuracy"], marker="o", ms=3, label=method, color=palette[method])
-            ax.fill_between(g["N"], g["ci_low"], g["ci_high"], alpha=0.2, color=palette[method])
+        for method in [m for m in FIXED_N_METHOD_POLICY if m in set(sub["method"])]:
+            g, st = sub[sub["method"] == method].sort_values("N"), style[method]
+            ax.plot(g["N"], g["accuracy"], marker=st["marker"], ms=4 * st["size"], mec=MARKER_EDGE, mew=0.5,
+                    label=method, color=st["color"])
+            ax.fill_between(g["N"], g["ci_low"], g["ci_high"], alpha=0.15, color=st["color"])
         ax.set_xscale("log", base=2)
         ax.set_title(ds)
         ax.set_xlabel("N (samples per question)")

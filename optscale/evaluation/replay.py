@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.grading import GRADING_RULE_VERSION, answer_classes, default_grader
-from ..data.pools import Pool
+from ..data.pools import Pool, PoolError
 from ..policies import Policy, QuestionContext, Sample, group_confidences
 
 __all__ = ["PoolArrays", "ReplayResult", "pool_arrays", "answer_class_matrix", "replay", "warm_fit_cache",
@@ -136,15 +136,31 @@ def answer_class_matrix(answers: np.ndarray, cache_dir: str | Path | None = None
 def pool_arrays(pool: Pool, scorer: str, max_N: int | None = None, cache_dir: str | Path | None = None,
                 conf_window: int = 32, prior: np.ndarray | None = None, prior_source: str = "none",
                 verbose: bool = True) -> PoolArrays:
-    """Arrays of the first ``max_N`` samples per question (default: the pool's n). Questions
-    whose ``scorer`` score is missing (a pool still being scored) are dropped with a note."""
-    n = min(max_N or pool.n_per_question, pool.n_per_question)
+    """Arrays of the first ``max_N`` samples per question (default: the most samples any question
+    has). Questions with fewer than ``max_N`` samples (a ragged, e.g. imported, pool) are dropped,
+    never the samples of every other question; a ``max_N`` above every question's sample count is
+    lowered to the largest one. Questions whose ``scorer`` score is missing (a pool still being
+    scored) are dropped too. Each of these is written into ``meta["notes"]`` (by question id) and
+    printed when ``verbose``."""
+    if max_N is not None and (isinstance(max_N, bool) or not isinstance(max_N, (int, np.integer)) or max_N < 1):
+        raise PoolError(f"{pool.path}: max_N={max_N!r}; it must be an integer >= 1 (evaluation.max_N)")
     full = pool.df.groupby("question_id", sort=False).size()
+    if full.empty:
+        raise PoolError(f"{pool.path}: the pool has no samples")
+    largest = int(full.max())
+    notes = []  # dropped questions, by id, and a lowered max_N; evaluate() copies them into its notes table
+    n = int(max_N) if max_N else largest
+    if n > largest:
+        notes.append(f"{pool.dataset}: max_N={n} (evaluation.max_N) but no question of the pool has more than "
+                     f"{largest} samples: evaluated at N={largest}")
+        if verbose:
+            print(f"note: {notes[-1]}")
+        n = largest
     keep_ids = set(full.index[full >= n])
-    notes = []  # dropped questions, by id; evaluate() copies them into its notes table
     if len(keep_ids) < len(full):
-        short = [str(q) for q in full.index if q not in keep_ids]
-        notes.append(f"{pool.dataset}: dropped {len(short)} question(s) with fewer than {n} samples: {', '.join(short)}")
+        short = [f"{q} ({int(full[q])})" for q in full.index if q not in keep_ids]
+        notes.append(f"{pool.dataset}: dropped {len(short)} question(s) with fewer than {n} samples: "
+                     f"{', '.join(short)} (samples in parentheses)")
         if verbose:
             print(f"note: {notes[-1]}")
     p = pool if len(keep_ids) == len(full) else Pool(pool.df[pool.df["question_id"].isin(keep_ids)].reset_index(drop=True), pool.meta, pool.path)
@@ -159,6 +175,11 @@ def pool_arrays(pool: Pool, scorer: str, max_N: int | None = None, cache_dir: st
                      f"(NaN scores): {', '.join(nan_ids)}")
         if verbose:
             print(f"note: {notes[-1]}")
+    tokens = p.tokens(n)[ok]
+    if tokens.size and not tokens.any():  # only empty completions (validation refuses 0 tokens with text)
+        notes.append(f"{pool.dataset}: every sample has 0 tokens, so token savings are undefined (NaN)")
+        if verbose:
+            print(f"note: {notes[-1]}")
     answers = p.answers(n)[ok]
     gc = None
     tc = p.matrix("token_confidence", n)[ok]
@@ -171,7 +192,7 @@ def pool_arrays(pool: Pool, scorer: str, max_N: int | None = None, cache_dir: st
             f"scorer {scorer}, n={n}, sampling seed {pool.meta.get('seed', '?')}, {int(ok.sum())} questions")
     data = PoolArrays(
         dataset=pool.dataset, question_ids=qids[ok], scores=scores[ok], correct=p.correct(n)[ok],
-        tokens=p.tokens(n)[ok], classes=answer_class_matrix(answers, cache_dir), answers=answers,
+        tokens=tokens, classes=answer_class_matrix(answers, cache_dir), answers=answers,
         group_conf=gc, conf_window=conf_window, description=desc,
         meta={"pool_name": pool.meta.get("pool_name"), "generator": g, "scorer": scorer, "n": n,
               "seed": pool.meta.get("seed"), "notes": notes},

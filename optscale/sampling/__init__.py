@@ -5,10 +5,8 @@ vLLM only then): :mod:`~optscale.sampling.hf_cpu` (transformers), :mod:`~optscal
 :mod:`~optscale.sampling.vllm`, :mod:`~optscale.sampling.openai_compat` (replicas over HTTP, with
 :mod:`~optscale.sampling.endpoints` and :mod:`~optscale.sampling.convert`) and
 :mod:`~optscale.sampling.fake`. The interface is in :mod:`~optscale.sampling.base`. Also here: the
-embedded model files (:mod:`~optscale.sampling.model_files`, :mod:`~optscale.sampling.hf_models`),
-the scorers (:mod:`~optscale.sampling.scorers`, ``SCORERS``; the PRM in :mod:`~optscale.sampling.prm`),
-the learned verifier combination (:mod:`~optscale.sampling.verifier_fit`) and Ray
-(:mod:`~optscale.sampling.distributed`).
+embedded model files (:mod:`~optscale.sampling.model_files`, :mod:`~optscale.sampling.hf_models`)
+and Ray (:mod:`~optscale.sampling.distributed`). Scorers are a stage of their own: :mod:`optscale.scoring`.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class _PoolWorker:
 
     def __init__(self, config: RunConfig, scorer_names: Sequence[str], sampler_kwargs: dict[str, Any]):
         from . import get_sampler
-        from .scorers import build_scorers
+        from ..scoring.scorers import build_scorers
 
         self.sampler = get_sampler(config.sampling.backend, config.sampling, **sampler_kwargs)
         self.scorers = build_scorers(config, self.sampler, list(scorer_names))
@@ -224,7 +224,7 @@ def score_pool_ray(path: str | os.PathLike, scorer: str, questions: dict[str, st
     and rewrites the pool, so an interrupted run resumes. The scores are those a local
     :func:`~optscale.data.pools.score_pool` gives (the same scorer on the same completions)."""
 
-    from ..data.pools import PoolError, open_score_column, question_completions, store_scores, write_pool
+    from ..data.pools import PoolError, open_score_column, pool_lock, question_completions, store_scores, write_pool
 
     own = runner is None
     if runner is None:
@@ -232,22 +232,23 @@ def score_pool_ray(path: str | os.PathLike, scorer: str, questions: dict[str, st
     if scorer not in runner.scorer_names:
         raise SamplerError(f"the Ray workers hold scorers {runner.scorer_names}, not {scorer!r}")
     try:
-        df, meta, todo = open_score_column(path, scorer, runner.scorer_descriptions()[scorer])
-        for qid in todo:
-            if qid not in questions:
-                raise PoolError(f"{path}: question {qid!r} has no question text to score")
-        step = max(flush_every, 1) * len(runner.workers)
-        for start in range(0, len(todo), step):
-            items, where = [], []
-            for qid in todo[start:start + step]:
-                index, comps = question_completions(df, qid)
-                items.append((questions[qid], comps))
-                where.append(index)
-            for idx, res in zip(where, runner.score(scorer, items)):
-                store_scores(df, idx, res, scorer)
+        with pool_lock(path, f"score {scorer} (Ray)"):  # one writer per pool until the column is written
+            df, meta, todo = open_score_column(path, scorer, runner.scorer_descriptions()[scorer])
+            for qid in todo:
+                if qid not in questions:
+                    raise PoolError(f"{path}: question {qid!r} has no question text to score")
+            step = max(flush_every, 1) * len(runner.workers)
+            for start in range(0, len(todo), step):
+                items, where = [], []
+                for qid in todo[start:start + step]:
+                    index, comps = question_completions(df, qid)
+                    items.append((questions[qid], comps))
+                    where.append(index)
+                for idx, res in zip(where, runner.score(scorer, items)):
+                    store_scores(df, idx, res, scorer)
+                write_pool(df, meta, path, allow_partial_scores=True)
             write_pool(df, meta, path, allow_partial_scores=True)
-        write_pool(df, meta, path, allow_partial_scores=True)
-        return Path(path)
+            return Path(path)
     finally:
         if own:
             runner.close()

@@ -1,6 +1,11 @@
 """Work dispatch over OpenAI-compatible replicas for :class:`~optscale.sampling.openai_compat.OpenAICompatSampler`:
 one session per call, load-balanced bounded concurrency, retries elsewhere, strikes and dead
 replicas, health probes, stalls and cancellation (the policy is described in that module).
+
+An invalid reply (a body that is not a JSON completion, or a completion that fails
+:func:`~optscale.sampling.base.validate_completion`) is a failure of the replica that sent it,
+like an HTTP 5xx: a strike, a warning naming the replica, and the sample sent again elsewhere. A
+sample that fails every try fails the call with an error naming each replica tried and its error.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ log = logging.getLogger("optscale.sampling.openai_compat")
 
 
 class _Retryable(Exception):
-    def __init__(self, msg: str, down: bool = False, answered: bool = False):
+    def __init__(self, msg: str, down: bool = False, answered: bool = False, invalid: bool = False):
         super().__init__(msg)
         self.down = down  # the replica looks down (a request timed out, nothing listens): dead at once
-        self.answered = answered  # the server responded (HTTP 5xx / 429): it is not hung
+        self.answered = answered  # the server responded (HTTP 5xx / 429, an invalid reply): it is not hung
+        self.invalid = invalid  # it answered 200 with a reply that is not a valid completion
 
 
 class PartialResultsError(SamplerError):
@@ -51,7 +57,8 @@ class EndpointStats:
 
     url: str
     ok: int = 0  # samples served
-    failed: int = 0  # failed requests (timeouts, connection errors, HTTP 5xx / 429)
+    failed: int = 0  # failed requests (timeouts, connection errors, HTTP 5xx / 429, invalid replies)
+    invalid: int = 0  # of those, HTTP 200 answers that were not a valid completion
     retried: int = 0  # of those, sent again (to another live replica when there is one)
     tokens: int = 0
     alive: bool = True
@@ -75,7 +82,8 @@ class EndpointStats:
     def summary(self) -> dict[str, Any]:
         return {
             "url": self.url, "served": self.ok, "failed": self.failed, "retried": self.retried,
-            "tokens": self.tokens, "alive": self.alive, "deaths": self.deaths, "revived": self.revived,
+            "invalid": self.invalid, "tokens": self.tokens, "alive": self.alive, "deaths": self.deaths,
+            "revived": self.revived,
             "dead_since": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.dead_since))
                            if self.dead_since is not None and not self.alive else None),
             "last_error": self.last_error,
@@ -100,6 +108,7 @@ class _Item:
     key: str
     attempts: int = 0
     failed_on: set[int] = field(default_factory=set)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (replica URL, error) of each failed try
 
 
 class _Session:
@@ -302,8 +311,14 @@ class _Session:
 
     def _failure(self, item: _Item, e: int, epoch: int, err: _Retryable) -> None:
         s, st, now = self.s, self.s.stats[e], time.monotonic()
+        if err.invalid:
+            tries = s.config.max_retries + 1
+            log.warning("endpoint %s: %s (request %r sample %d, try %d of %d)%s", st.url, err, item.key,
+                        item.sample_idx, item.attempts + 1, tries,
+                        "; sending it again" if item.attempts + 1 < tries else "")
         with s._stats_lock:
             st.failed += 1
+            st.invalid += int(err.invalid)
             st.last_error = str(err)
             if err.answered:
                 st.last_answer = now
@@ -318,11 +333,16 @@ class _Session:
                     st.check = True
         item.attempts += 1
         item.failed_on.add(e)
+        item.errors.append((st.url, str(err)))
         if item.key in self.cancelled:
             self._resolve(item, None)
         elif item.attempts > s.config.max_retries:
-            self._fail(SamplerError(f"request {item.key!r} sample {item.sample_idx} failed {item.attempts} times; "
-                                    f"last on {st.url}: {err}"))
+            urls = list(dict.fromkeys(u for u, _ in item.errors))
+            earlier = list(dict.fromkeys(f"{u}: {m}" for u, m in item.errors[:-1] if (u, m) != (st.url, str(err))))
+            self._fail(SamplerError(
+                f"request {item.key!r} sample {item.sample_idx} failed {item.attempts} times on "
+                f"{len(urls)} replica(s) ({', '.join(urls)}); last on {st.url}: {err}"
+                + (f"; earlier: {'; '.join(earlier)}" if earlier else "")))
         else:
             st.retried += 1
             self.retry.append(item)

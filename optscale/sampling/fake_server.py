@@ -12,7 +12,10 @@ scripted:
   the first few;
 - ``hang``: accept requests and never answer (a wedged server; ``/v1/models`` hangs too);
 - :meth:`FakeOpenAIServer.kill`: die like a crashed process (open connections are reset, new ones
-  refused); ``kill_after``: die by itself after serving that many requests.
+  refused); ``kill_after``: die by itself after serving that many requests;
+- ``bad_reply`` (one of :data:`BAD_REPLIES`) / ``bad_first``: answer HTTP 200 with a broken body,
+  to every request or to the first few: no log-probs, a log-prob of 5.0 or NaN, a negative or
+  absurd token count, no text, no choices, truncated JSON, or a proxy's HTML page.
 
 Every wait loop is bounded (``max_wait_s``) and polls the kill flag, so no test can leave a thread
 spinning. Run one as a process for command-line experiments::
@@ -32,9 +35,53 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["FakeOpenAIServer", "scripted_tokens", "main"]
+__all__ = ["FakeOpenAIServer", "scripted_tokens", "BAD_REPLIES", "main"]
 
 WORDS = ("alpha", "beta", "gamma", "delta", "eps")
+
+# HTTP 200 answers a broken or misconfigured server gives (``bad_reply=``), and what each one is
+BAD_REPLIES: dict[str, str] = {
+    "no_logprobs": "the server ignores `logprobs`: no log-probs in the choice",
+    "positive_logprob": "the first token's log-prob is 5.0 (a probability above 1)",
+    "nan_logprob": "the first token's log-prob is NaN",
+    "negative_tokens": "usage.completion_tokens is -5 and no log-probs are returned",
+    "huge_tokens": "usage.completion_tokens is 10**12",
+    "no_text": "the choice has no text (chat: the message has no content)",
+    "no_choices": "a JSON object that is not a completion: an error message with no choices",
+    "truncated_json": "the JSON body is cut off half-way (Content-Type application/json)",
+    "html": "a proxy's HTML error page (Content-Type text/html)",
+}
+PROXY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def spoil_answer(answer: dict, how: str) -> dict:
+    """``answer`` (a good completion or chat completion body) broken as :data:`BAD_REPLIES` says
+    (the body-level modes; ``truncated_json`` and ``html`` are made when sending)."""
+    choice = answer["choices"][0]
+    chat = "message" in choice
+    if how == "no_logprobs":
+        choice["logprobs"] = None
+    elif how in ("positive_logprob", "nan_logprob"):
+        value = 5.0 if how == "positive_logprob" else float("nan")
+        if chat:
+            choice["logprobs"]["content"][0]["logprob"] = value
+        else:
+            choice["logprobs"]["token_logprobs"][0] = value
+    elif how == "negative_tokens":
+        choice["logprobs"] = None
+        answer["usage"]["completion_tokens"] = -5
+    elif how == "huge_tokens":
+        answer["usage"]["completion_tokens"] = 10**12
+    elif how == "no_text":
+        if chat:
+            del choice["message"]["content"]
+        else:
+            del choice["text"]
+    elif how == "no_choices":
+        return {"object": "error", "message": "the model is overloaded", "type": "ServiceUnavailable"}
+    elif how not in ("truncated_json", "html"):
+        raise ValueError(f"bad_reply={how!r}: expected one of {sorted(BAD_REPLIES)}")
+    return answer
 
 
 def scripted_tokens(seed: int, n: int) -> list[str]:
@@ -100,7 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._die()
                 if f.dead:
                     return self._die()
-                self._send(200, f.answer(body))
+                if f.bad_reply is not None and (f.bad_first is None or n_seen <= f.bad_first):
+                    with f.lock:
+                        f.bad += 1
+                    self._send_bad(f.bad_reply, f.answer(body))
+                else:
+                    self._send(200, f.answer(body))
             finally:
                 f.slots.release()
             with f.lock:
@@ -112,11 +164,21 @@ class _Handler(BaseHTTPRequestHandler):
             with f.lock:
                 f.active -= 1
 
+    def _send_bad(self, how: str, answer: dict) -> None:
+        if how == "html":
+            return self._send_raw(200, PROXY_PAGE, "text/html")
+        if how == "truncated_json":
+            data = json.dumps(answer).encode()
+            return self._send_raw(200, data[: len(data) // 2], "application/json")
+        self._send(200, spoil_answer(answer, how))
+
     def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+        self._send_raw(status, json.dumps(payload).encode(), "application/json")
+
+    def _send_raw(self, status: int, data: bytes, content_type: str) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -143,16 +205,22 @@ class _HTTPServer(ThreadingHTTPServer):
 class FakeOpenAIServer:
     """One fake replica on ``127.0.0.1:<port>`` (0 = a free port), serving from a background thread.
 
-    ``requests`` holds every POST body received, ``completed`` counts 200 answers, ``max_active``
-    the most requests open at once. Use as a context manager or call :meth:`kill`.
+    ``requests`` holds every POST body received, ``completed`` counts 200 answers (``bad`` of
+    them broken on purpose), ``max_active`` the most requests open at once. Use as a context
+    manager or call :meth:`kill`.
     """
 
     def __init__(self, port: int = 0, latency_s: float | tuple[float, float] = 0.0, slots: int = 64,
                  fail_rate: float = 0.0, fail_first: int = 0, fail_status: int = 500, hang: bool = False,
                  stop_at: int | tuple[int, int] = 3, kill_after: int | None = None, model: str = "fake",
-                 seed: int = 0, max_wait_s: float = 120.0):
+                 seed: int = 0, max_wait_s: float = 120.0, bad_reply: str | None = None,
+                 bad_first: int | None = None):
         if slots < 1:
             raise ValueError("slots must be >= 1")
+        if bad_reply is not None and bad_reply not in BAD_REPLIES:
+            raise ValueError(f"bad_reply={bad_reply!r}: expected one of {sorted(BAD_REPLIES)}")
+        self.bad_reply = bad_reply  # answer 200 with this broken body (BAD_REPLIES) ...
+        self.bad_first = bad_first  # ... to the first this many requests (None: to every request)
         self.latency_s = latency_s
         self.slots = threading.BoundedSemaphore(slots)
         self.n_slots = slots
@@ -168,6 +236,7 @@ class FakeOpenAIServer:
         self.requests: list[dict] = []
         self.connections: set[socket.socket] = set()
         self.active = self.max_active = self.completed = self.failed = 0
+        self.bad = 0  # broken 200 answers sent (bad_reply)
         self.httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         self.httpd.fake = self
         self.port = self.httpd.server_address[1]
@@ -259,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fail-rate", type=float, default=0.0)
     ap.add_argument("--fail-status", type=int, default=500)
     ap.add_argument("--hang", action="store_true")
+    ap.add_argument("--bad-reply", choices=sorted(BAD_REPLIES), default=None,
+                    help="answer 200 with this broken body: " + "; ".join(f"{k}: {v}" for k, v in BAD_REPLIES.items()))
+    ap.add_argument("--bad-first", type=int, default=None, help="only to the first this many requests")
     ap.add_argument("--kill-after", type=int, default=None, help="exit after serving this many requests")
     ap.add_argument("--stop-at", type=int, nargs="+", default=[3, 8], help="tokens per sample, or LOW HIGH")
     ap.add_argument("--model", default="fake")
@@ -269,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = a.stop_at[0] if len(a.stop_at) == 1 else (a.stop_at[0], a.stop_at[1])
     srv = FakeOpenAIServer(a.port, latency_s=lat, slots=a.slots, fail_rate=a.fail_rate, fail_status=a.fail_status,
                            hang=a.hang, stop_at=stop, model=a.model, seed=a.seed,
-                           max_wait_s=min(a.max_seconds, 600.0))
+                           max_wait_s=min(a.max_seconds, 600.0), bad_reply=a.bad_reply, bad_first=a.bad_first)
     print(f"fake OpenAI server on {srv.url} (latency {lat} s, {a.slots} slots, fail rate {a.fail_rate}, "
           f"hang {a.hang}, kill after {a.kill_after})", flush=True)
     t_end = time.monotonic() + a.max_seconds

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..config import SamplingConfig
-from .base import Completion, SampleRequest, Sampler, SamplerError, chat_messages, derive_seed, load_prompt_template
+from .base import (Completion, SampleRequest, Sampler, SamplerError, chat_messages, derive_seed, load_prompt_template,
+                   validate_completion)
 
 __all__ = ["HFSampler"]
 
@@ -50,6 +51,7 @@ class HFSampler(Sampler):
         c = self.config
         return {
             **super().describe(),
+            "dtype": str(self.model.dtype).removeprefix("torch."),  # the dtype computed in (sampling.dtype auto: resolved)
             "device": self.device,
             "batch_size": c.batch_size,
             "logprobs": "raw model distribution (temperature 1), chosen token and top-%d mean" % c.top_k_logprobs,
@@ -65,7 +67,7 @@ class HFSampler(Sampler):
         return self.tokenizer(text + request.prefix, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
-        return [self._generate_one(r) for r in requests]
+        return [[validate_completion(c, r, source=self.name) for c in self._generate_one(r)] for r in requests]
 
     def _generate_one(self, req: SampleRequest) -> list[Completion]:
         out: list[Completion] = []

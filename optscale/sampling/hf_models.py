@@ -16,31 +16,71 @@ from typing import Any
 
 from .model_files import EMBEDDED_GGUFS, assemble_gguf, cache_dir
 
-__all__ = ["load_causal_lm", "EMBEDDED_MODELS", "torch_dtype"]
+__all__ = ["load_causal_lm", "EMBEDDED_MODELS", "DTYPES", "resolve_dtype", "resolve_torch_dtype", "dtype_choice"]
 
 EMBEDDED_MODELS = EMBEDDED_GGUFS
 _lock = threading.Lock()
 
 
-def torch_dtype(name: str):
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> str:
+    """The dtype ``sampling.dtype`` means on ``device``: itself, or for ``"auto"`` bfloat16 on a GPU
+    (as before ``auto`` existed) and on a CPU that computes bf16 natively
+    (:func:`optscale.sampling.cpu.native_bf16`: an AVX512_BF16 / AMX flag confirmed by a matmul
+    probe), else float32 (an AVX2-only CPU emulates bf16 ~40x slower than float32)."""
+    if name not in DTYPES:
+        raise ValueError(f"sampling.dtype must be one of {', '.join(DTYPES)}; got {name!r}")
+    if name != "auto":
+        return name
+    if not str(device).startswith("cpu"):
+        return "bfloat16"
+    from .cpu import native_bf16
+
+    return "bfloat16" if native_bf16()[0] else "float32"
+
+
+def resolve_torch_dtype(name: str, device: str = "cpu"):
+    """The ``torch.dtype`` of :func:`resolve_dtype`; every transformers load goes through it."""
     import torch
 
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {name!r}") from None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[resolve_dtype(name, device)]
+
+
+def dtype_choice(name: str, device: str = "cpu") -> dict[str, Any]:
+    """What :func:`resolve_dtype` chose and why (for the run manifest)."""
+    out: dict[str, Any] = {"configured": name, "device": device, "chosen": resolve_dtype(name, device)}
+    if name == "auto" and str(device).startswith("cpu"):
+        from .cpu import bf16_matmul_probe, cpu_flags, BF16_FLAGS, native_bf16
+
+        out["reason"] = native_bf16()[1]
+        if any(f in cpu_flags() for f in BF16_FLAGS):
+            out["probe"] = bf16_matmul_probe()
+    elif name == "auto":
+        out["reason"] = "GPU: bfloat16"
+    else:
+        out["reason"] = "set in the profile"
+    return out
+
+
+def load_causal_lm(model: str, dtype: str = "auto", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer), cached per (model, resolved dtype, device); the model is in eval mode.
+    ``dtype``: one of :data:`DTYPES` (``auto``: :func:`resolve_dtype`)."""
+    return _load_causal_lm(model, resolve_dtype(dtype, device), device)
 
 
 @lru_cache(maxsize=4)
-def load_causal_lm(model: str, dtype: str = "bfloat16", device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer), cached per (model, dtype, device); the model is in eval mode."""
+def _load_causal_lm(model: str, dtype: str, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device == "cpu":
         import torch
 
-        torch.set_num_threads(int(os.environ.get("OPTSCALE_TORCH_THREADS", os.cpu_count() or 1)))
-    td = torch_dtype(dtype)
+        from .cpu import default_threads
+
+        torch.set_num_threads(default_threads())
+    td = resolve_torch_dtype(dtype, device)
     with _lock:
         if model in EMBEDDED_MODELS:
             spec = EMBEDDED_MODELS[model]

@@ -41,7 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import SamplingConfig
-from .base import Completion, SampleRequest, Sampler, SamplerError, chat_messages, derive_seed, load_prompt_template
+from .base import (Completion, SampleRequest, Sampler, SamplerError, chat_messages, derive_seed, load_prompt_template,
+                   validate_completion)
+from .cpu import default_threads
 
 __all__ = ["LlamaCppSampler", "resolve_gguf"]
 
@@ -107,7 +109,7 @@ class LlamaCppSampler(Sampler):
         self.max_seqs = max(1, int(config.batch_size))
         self.max_new = max(config.max_new_tokens.values(), default=512)
         self.prompt_budget = 2048  # prompt tokens per batch (all requests of a wave together)
-        self.n_threads = n_threads or int(os.environ.get("OPTSCALE_TORCH_THREADS", os.cpu_count() or 1))
+        self.n_threads = n_threads or default_threads()  # $OPTSCALE_TORCH_THREADS, else every core
         self.lm = _internals.LlamaModel(path_model=str(self.gguf), params=llama_cpp.llama_model_default_params(),
                                         verbose=False)
         cp = llama_cpp.llama_context_default_params()
@@ -197,7 +199,8 @@ class LlamaCppSampler(Sampler):
                 if i not in prompts:
                     prompts[i] = self.prompt_tokens(requests[i])
             for seq in self._decode_wave(requests, prompts, wave):
-                out[seq.request][seq.sample] = self._to_completion(requests[seq.request], seq)
+                out[seq.request][seq.sample] = validate_completion(self._to_completion(requests[seq.request], seq),
+                                                                   requests[seq.request], source=self.name)
         return out  # type: ignore[return-value]
 
     def _decode_wave(self, requests: Sequence[SampleRequest], prompts: dict[int, list[int]],

@@ -19,6 +19,11 @@ sampler spreads the work over them:
   another live replica when there is one; the failing replica gets no new work for ``backoff_base_s
   * 2**(strikes-1)`` (capped, with jitter). A sample that failed ``max_retries + 1`` times fails the
   call. Other HTTP errors (4xx: a bad request) fail the call at once with the server's message.
+- **Invalid replies are replica faults.** A 200 whose body is not a JSON completion (truncated, a
+  proxy's HTML page) or whose completion fails :func:`~optscale.sampling.base.validate_completion`
+  (no text, no log-probs although asked for, a log-prob above 0 or not finite, a token count that
+  cannot be) is retried like a 5xx, to another replica when there is one; the replica is named in
+  a warning and in the error when every try failed. Nothing from such a reply reaches a pool.
 - **Dead replicas, per replica and for the whole run.** A failure is a *strike* against its replica
   only if the request was sent after the replica's previous strike, so a burst of simultaneous
   errors (one incident) is one strike, and a success clears them. ``dead_after`` strikes in a row,
@@ -54,13 +59,15 @@ distribution), token end offsets from the token strings, and ``usage.completion_
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import random
 import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..config import SamplingConfig
-from .base import Completion, SampleRequest, Sampler, SamplerError, load_prompt_template, run_coroutine_sync
+from .base import (Completion, InvalidReplyError, SampleRequest, Sampler, SamplerError, load_prompt_template,
+                   run_coroutine_sync, validate_completion)
 from .convert import completion_from_choice, load_chat_tokenizer, normalize_base_url
 from .endpoints import EndpointStats, PartialResultsError, _Item, _ReqState, _Retryable, _Session
 
@@ -134,8 +141,8 @@ class OpenAICompatSampler(Sampler):
         return len(self.endpoints) * self.config.max_in_flight_per_endpoint
 
     def run_summary(self) -> list[dict[str, Any]]:
-        """Per replica: samples served, failed requests, retried requests, tokens, whether it is alive,
-        and since when it is dead."""
+        """Per replica: samples served, failed requests (of them invalid replies), retried requests,
+        tokens, whether it is alive, and since when it is dead."""
         return [st.summary() for st in self.stats]
 
     def format_summary(self) -> str:
@@ -143,7 +150,8 @@ class OpenAICompatSampler(Sampler):
         total = sum(st.ok for st in self.stats) or 1
         for st in self.stats:
             state = "alive" if st.alive else f"DEAD since {st.summary()['dead_since']} ({st.last_error})"
-            lines.append(f"  {st.url}: served {st.ok} ({100 * st.ok / total:.0f}%), failed {st.failed}, "
+            lines.append(f"  {st.url}: served {st.ok} ({100 * st.ok / total:.0f}%), failed {st.failed} "
+                         f"({st.invalid} invalid replies), "
                          f"retried {st.retried}, deaths {st.deaths}, revived {st.revived}, {state}")
         return "\n".join(lines)
 
@@ -327,13 +335,25 @@ class OpenAICompatSampler(Sampler):
             raise _Retryable(f"{type(e).__name__}: {e}" + (f" ({e.__cause__})" if refused else ""), down=refused) from None
         except (openai.RateLimitError, openai.InternalServerError) as e:
             raise _Retryable(f"{type(e).__name__}: {e}", answered=True) from None
+        except openai.APIResponseValidationError as e:  # strict response validation only
+            raise _Retryable(f"invalid reply: malformed body (HTTP {e.status_code}): {e}", answered=True,
+                             invalid=True) from None
         except openai.APIStatusError as e:
             if e.status_code >= 500:
                 raise _Retryable(f"HTTP {e.status_code}: {e}", answered=True) from None
             raise SamplerError(f"{client.base_url}: HTTP {e.status_code} for request {req.key!r}: {e}") from None
-        except openai.APIResponseValidationError as e:
-            raise SamplerError(f"{client.base_url}: malformed response for request {req.key!r}: {e}") from None
-        if not resp.choices:
-            raise _Retryable(f"empty choices from {client.base_url}")
-        return completion_from_choice(resp.choices[0], resp.usage, item.seed, req.stop,
-                                      self.config.top_k_logprobs, api=self.api)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a JSON body cut off, or not text
+            raise _Retryable(f"invalid reply: the body is not valid JSON ({type(e).__name__}: {e})", answered=True,
+                             invalid=True) from None
+        if isinstance(resp, str):  # the openai client hands back a body that is not JSON as text
+            raise _Retryable(f"invalid reply: the body is not a JSON completion (it starts {resp[:80]!r})",
+                             answered=True, invalid=True)
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise _Retryable(f"invalid reply: no choices (choices={choices!r:.80})", answered=True, invalid=True)
+        try:
+            comp = completion_from_choice(choices[0], getattr(resp, "usage", None), item.seed, req.stop,
+                                          self.config.top_k_logprobs, api=self.api, max_tokens=req.max_new_tokens)
+            return validate_completion(comp, req)
+        except InvalidReplyError as e:
+            raise _Retryable(f"invalid reply: {e}", answered=True, invalid=True) from None

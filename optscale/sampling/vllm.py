@@ -28,8 +28,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ..config import SamplingConfig
-from .base import Completion, SampleRequest, Sampler, SamplerError, load_prompt_template
+from .base import Completion, SampleRequest, Sampler, SamplerError, load_prompt_template, validate_completion
 from .convert import char_ends_from_tokens, topk_mean
+from .hf_models import resolve_dtype
 
 __all__ = ["VLLMSampler", "sampling_params_kwargs", "completions_from_vllm_output", "require_vllm"]
 
@@ -112,7 +113,7 @@ def completions_from_vllm_output(request_output: Any, req: SampleRequest, top_k:
             conf.append(topk_mean([lp.logprob for lp in entry.values()], top_k))
             pieces.append(entry[tid].decoded_token or "")
         text = o.text
-        comps.append(Completion(
+        comps.append(validate_completion(Completion(
             text=text,
             n_tokens=len(token_ids),
             finish_reason=_finish_reason(o),
@@ -120,7 +121,7 @@ def completions_from_vllm_output(request_output: Any, req: SampleRequest, top_k:
             token_logprobs=chosen,
             token_confidence=conf,
             token_char_ends=char_ends_from_tokens(pieces, text),
-        ))
+        ), req, source=f"vLLM output {j}"))
     return comps
 
 
@@ -146,7 +147,7 @@ class VLLMSampler(Sampler):
                     enable_prefix_caching=config.enable_prefix_caching,
                     seed=config.seed,
                     max_model_len=max_len,
-                    dtype=config.dtype,
+                    dtype=resolve_dtype(config.dtype, "cuda"),  # auto: bfloat16, as before
                 )
                 kwargs.update(llm_kwargs)
                 llm = vllm.LLM(**kwargs)

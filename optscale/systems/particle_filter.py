@@ -38,7 +38,7 @@ import numpy as np
 from ..data.grading import answer_classes, extract_answer, is_equivalent
 from ..registry import Registry
 from ..sampling.base import Completion, SampleRequest, derive_seed
-from ..sampling.scorers import aggregate_steps
+from ..scoring.scorers import aggregate_steps
 
 __all__ = [
     "RESAMPLERS",
@@ -138,7 +138,7 @@ ScoreFn = Callable[[str, Sequence[str]], list[tuple[float, ...]]]
 
 
 def scorer_step_fn(scorer: Any) -> ScoreFn:
-    """Adapt an :class:`optscale.sampling.scorers.Scorer` to ``fn(question, texts) -> step scores``."""
+    """Adapt an :class:`optscale.scoring.scorers.Scorer` to ``fn(question, texts) -> step scores``."""
 
     def fn(question: str, texts: Sequence[str]) -> list[tuple[float, ...]]:
         comps = [Completion(text=t, n_tokens=0, finish_reason="length", seed=0) for t in texts]

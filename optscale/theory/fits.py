@@ -50,7 +50,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..registry import Registry
-from .truncnorm import FitError, _tn_nll_grad
+from .truncnorm import FitError, _tn_nll_derivs
 
 __all__ = [
     "FitResult",
@@ -256,44 +256,286 @@ def _newton_box(fg: Callable, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     return theta, f, g, pg, it
 
 
+def _eta_path(th, step, t):
+    """Points ``t`` along the straight line from ``th = (mu, log sigma)`` in the natural parameters
+    ``(mu / sigma^2, -1 / (2 sigma^2))`` whose tangent at ``t = 0`` is ``step`` (in ``th``)."""
+    mu, ls = th[:, 0], th[:, 1]
+    s0, s1 = step[:, 0], step[:, 1]
+    den = 1.0 - 2.0 * t * s1
+    return np.stack([(mu + t * (s0 - 2.0 * mu * s1)) / den, ls - 0.5 * np.log(den)], axis=1)
+
+
+_TRUST = np.array([0.5, np.log(8.0)])  # the largest step in (mu, log sigma) of one iteration
+
+
+def _eta_path_limit(th, step, lo, hi):
+    """The largest ``t`` in [0, 1] for which :func:`_eta_path` stays in the box ``[lo, hi]``
+    ((Q, 2) or (2,); exact: each bound is a line in the natural parameters)."""
+    mu, sig2 = th[:, 0], np.exp(2.0 * th[:, 1])
+    s0, s1 = step[:, 0], step[:, 1]
+    t = np.ones_like(mu)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = np.broadcast_to(lo, th.shape), np.broadcast_to(hi, th.shape)
+        ts = np.where(s1 > 0, (1.0 - sig2 * np.exp(-2.0 * hi[:, 1])) / (2.0 * s1),
+                      np.where(s1 < 0, (1.0 - sig2 * np.exp(-2.0 * lo[:, 1])) / (2.0 * s1), np.inf))
+        dh, dl = s0 + 2.0 * s1 * (hi[:, 0] - mu), s0 + 2.0 * s1 * (lo[:, 0] - mu)
+        th_ = np.where(dh > 0, (hi[:, 0] - mu) / dh, np.inf)
+        tl = np.where(dl < 0, (lo[:, 0] - mu) / dl, np.inf)
+    return np.clip(np.minimum(np.minimum(t, ts), np.minimum(th_, tl)), 0.0, 1.0)
+
+
+def _newton_truncnorm(theta, n, mean, ss, prior, lam, lo, hi, maxiter: int = 100, gtol: float = 1e-8):
+    """Batched projected Newton for the truncated-normal MLE / MAP of Q questions, ``theta =
+    (mu, log sigma)`` (Q, 2) within the box ``[lo, hi]``, stepping in the natural parameters
+    ``eta = (mu / sigma^2, -1 / (2 sigma^2))``: one evaluation per iteration and question, after
+    the first only for the questions still moving.
+
+    The negative log-likelihood is convex in ``eta`` (an exponential family) and the box is a
+    convex polygon there, so Newton in ``eta`` has no curved valleys (those of ``(mu, log sigma)``
+    run along near-exponential fits of scores piled at 0 or 1 and took hundreds of steps); near
+    the data, where ``eta`` is nearly flat in one direction, the step in ``theta`` is the better
+    one. Each question starts in ``theta`` and switches after a step that had to be cut back. The
+    step comes from the analytic derivatives in ``theta``
+    (:func:`~optscale.theory.truncnorm._tn_nll_derivs`): with ``g`` and ``H`` there, the Hessian
+    in ``eta`` mapped back is ``H + [[0, 2 g_mu], [2 g_mu, 2 g_ls]]``, and the update follows the
+    straight line in ``eta`` (:func:`_eta_path`). A variable on a bound whose gradient pushes
+    outward is held (a bound is a line in ``eta``: moving along it changes the other variable
+    only); a non-positive-definite Hessian (the MAP prior term is not convex) is shifted
+    (Levenberg); the step is cut at the box's edge and an Armijo backtracking search keeps every
+    step a descent step. A question stops when its projected gradient is below ``gtol max(1, n)``,
+    when its Newton decrement vanishes or when no step descends any more. Returns ``theta, f,
+    nll, pg (projected gradient), iterations``."""
+    theta = np.clip(theta, lo, hi)
+    theta = np.where(theta - lo < 1e-12, lo, np.where(hi - theta < 1e-12, hi, theta))
+    q = theta.shape[0]
+    pm = ps = tm2 = ts2 = None
+    if prior is not None:
+        pm, ps, tm, ts = prior
+        tm2, ts2 = tm * tm, ts * ts
+
+    def evaluate(th, idx):
+        mu, ls = th[:, 0], th[:, 1]
+        nll, gm, gl, hmm, hms, hss = _tn_nll_derivs(mu, ls, n[idx], mean[idx], ss[idx])
+        f = nll
+        if prior is not None and lam > 0:
+            sig = np.exp(ls)
+            dmu, dsg = mu - pm[idx], sig - ps[idx]
+            f = nll + lam * (dmu * dmu / (2.0 * tm2[idx]) + dsg * dsg / (2.0 * ts2[idx]))
+            gm = gm + lam * dmu / tm2[idx]
+            gl = gl + lam * dsg * sig / ts2[idx]
+            hmm = hmm + lam / tm2[idx]
+            hss = hss + lam * sig * (2.0 * sig - ps[idx]) / ts2[idx]
+        return f, nll, gm, gl, hmm, hms, hss
+
+    f, nll, g0, g1, h00, h01, h11 = evaluate(theta, np.arange(q))
+    act = np.flatnonzero(np.isfinite(f))
+    in_eta = np.zeros(q, dtype=bool)  # per question: the next step is taken in eta
+    it = 0
+    for it in range(1, maxiter + 1):
+        if act.size == 0:
+            break
+        th = theta[act]
+        fa = f[act]
+        a0, a1 = g0[act], g1[act]
+        e = in_eta[act]
+        fix0 = ((th[:, 0] <= lo[0]) & (a0 > 0)) | ((th[:, 0] >= hi[0]) & (a0 < 0))
+        fix1 = ((th[:, 1] <= lo[1]) & (a1 > 0)) | ((th[:, 1] >= hi[1]) & (a1 < 0))
+        p0 = np.where(fix0, 0.0, a0)
+        p1 = np.where(fix1, 0.0, a1)
+        # the Hessian in theta, or the one in eta mapped back to theta
+        k00 = np.where(fix0, 1.0, h00[act])
+        k11 = np.where(fix1, 1.0, h11[act] + np.where(e, 2.0 * a1, 0.0))
+        k01 = np.where(fix0 | fix1, 0.0, h01[act] + np.where(e, 2.0 * a0, 0.0))
+        tr, det = k00 + k11, k00 * k11 - k01 * k01
+        lam_min = 0.5 * tr - np.sqrt(np.maximum(0.25 * tr * tr - det, 0.0))
+        scale = np.maximum(np.maximum(np.abs(k00), np.abs(k11)), np.abs(k01)) + 1e-300
+        shift = np.where(lam_min < 1e-8 * scale, 1e-6 * scale - lam_min, 0.0)
+        k00, k11 = k00 + shift, k11 + shift
+        det = k00 * k11 - k01 * k01
+        s0 = -(k11 * p0 - k01 * p1) / det
+        s1 = -(k00 * p1 - k01 * p0) / det
+        s0, s1 = np.where(fix0, 0.0, s0), np.where(fix1, 0.0, s1)
+        # a variable on a bound whose gradient points inside but whose Newton step points outside:
+        # hold it and take the 1-d Newton step of the other (or of itself when the other is held)
+        out0 = ((th[:, 0] <= lo[0]) & (s0 < 0)) | ((th[:, 0] >= hi[0]) & (s0 > 0))
+        out1 = ((th[:, 1] <= lo[1]) & (s1 < 0)) | ((th[:, 1] >= hi[1]) & (s1 > 0))
+        if (out0 | out1).any():
+            only1 = out0 & ~fix1  # move log sigma alone
+            only0 = ~only1 & (out1 | out0)  # move mu alone (its gradient points inside)
+            s1 = np.where(only1, -p1 / k11, np.where(only0, 0.0, s1))
+            s0 = np.where(only0, -p0 / k00, np.where(only1, 0.0, s0))
+        dec = -(s0 * p0 + s1 * p1)  # Newton decrement: the predicted gain, times 2
+        moving = (np.maximum(np.abs(p0), np.abs(p1)) > gtol * np.maximum(1.0, n[act])) \
+            & (dec > 1e-24 * np.maximum(1.0, np.abs(fa)))
+        act, th, fa, p0, p1, s0, s1, dec, e = (v[moving] for v in (act, th, fa, p0, p1, s0, s1, dec, e))
+        step = np.stack([s0, s1], axis=1)
+        # cut at the box's edge; an eta step also at a trust region (_TRUST)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r0 = np.where(s0 > 0, (hi[0] - th[:, 0]) / s0, np.where(s0 < 0, (lo[0] - th[:, 0]) / s0, np.inf))
+            r1 = np.where(s1 > 0, (hi[1] - th[:, 1]) / s1, np.where(s1 < 0, (lo[1] - th[:, 1]) / s1, np.inf))
+        t = np.clip(np.minimum(np.minimum(r0, r1), 1.0), 0.0, 1.0)
+        if e.any():
+            t[e] = _eta_path_limit(th[e], step[e], np.maximum(lo, th[e] - _TRUST), np.minimum(hi, th[e] + _TRUST))
+        t_first = t.copy()
+        # Armijo, allowing for rounding of f so that a converging step is not refused; a step whose
+        # predicted gain is within rounding of f is taken when it shrinks the gradient instead
+        slack = 4e-16 * np.maximum(1.0, np.abs(fa))
+        tiny = dec < 1e-11 * np.maximum(1.0, np.abs(fa))
+        pending = np.arange(act.size)
+        for _ in range(40):
+            tp = t[pending]
+            cand = th[pending] + tp[:, None] * step[pending]
+            ep = e[pending]
+            if ep.any():
+                cand[ep] = _eta_path(th[pending][ep], step[pending][ep], tp[ep])
+            # on the bound exactly when within rounding of it (the eta path rounds)
+            cand = np.where(cand - lo < 1e-12, lo, np.where(hi - cand < 1e-12, hi, cand))
+            ids = act[pending]
+            out = evaluate(cand, ids)
+            ok = np.isfinite(out[0]) & ((out[0] <= fa[pending] - 1e-4 * tp * dec[pending] + slack[pending])
+                                        | (tiny[pending] & (np.abs(out[2]) * np.abs(s0[pending]) + np.abs(out[3])
+                                                            * np.abs(s1[pending]) < dec[pending])))
+            good = ids[ok]
+            theta[good] = cand[ok]
+            for arr, val in zip((f, nll, g0, g1, h00, h01, h11), out):
+                arr[good] = val[ok]
+            t[pending[~ok]] *= 0.5
+            pending = pending[~ok]
+            if pending.size == 0:
+                break
+        # A step that had to be cut back says the local model of its coordinates is poor: the
+        # next step of that question uses the other ones (theta near the data, eta along the
+        # near-exponential valleys). A question whose search failed in both stops (no descent
+        # left at float precision; judged by its gradient below).
+        cut = t < t_first
+        failed = np.zeros(act.size, dtype=bool)
+        failed[pending] = True
+        stop = failed & e
+        in_eta[act] = np.where(cut, ~e, e)
+        if stop.any():
+            act = act[~stop]
+    fix0 = ((theta[:, 0] <= lo[0]) & (g0 > 0)) | ((theta[:, 0] >= hi[0]) & (g0 < 0))
+    fix1 = ((theta[:, 1] <= lo[1]) & (g1 > 0)) | ((theta[:, 1] >= hi[1]) & (g1 < 0))
+    pg = np.stack([np.where(fix0, 0.0, g0), np.where(fix1, 0.0, g1)], axis=1)
+    return theta, f, nll, pg, it
+
+
+# The MLE depends on the scores only through their mean and (population) standard deviation, so
+# its starting point comes from a table of bounded MLEs over (mean, std), built once per box.
+# Coordinates: p = logit(mean) on [-_TABLE_LOGIT, _TABLE_LOGIT] and c in [0, 1], the position of
+# log(std / d) (d = distance of the mean to the nearer end of [0, 1]) between log(_TABLE_T_MIN)
+# and its largest possible value log(sqrt(mean (1 - mean)) / d). Scores whose std is below
+# _TABLE_T_MIN d lie > 10 std from both ends: their MLE is within ~1e-20 of the moments, the
+# start used there (and outside the logit range).
+_TABLE_LOGIT, _TABLE_NP = 16.0, 321
+_TABLE_T_MIN, _TABLE_NC = 0.1, 121
+_MLE_TABLES: dict[tuple[float, float, float, float], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _table_coords(mean, sd):
+    """(p, c, inside) of the MLE table for arrays ``mean``, ``sd`` (see above)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.minimum(mean, 1.0 - mean)
+        p = np.log(mean) - np.log1p(-mean)
+        lt_max = 0.5 * (np.log(mean) + np.log1p(-mean)) - np.log(d)
+        c = (np.log(sd / d) - np.log(_TABLE_T_MIN)) / (lt_max - np.log(_TABLE_T_MIN))
+    inside = (np.abs(p) <= _TABLE_LOGIT) & (c >= 0) & np.isfinite(c)
+    return p, np.minimum(c, 1.0), inside
+
+
+def _mle_table(mu_bounds, sigma_bounds) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, log sigma)`` of the bounded MLE on the (p, c) grid, each (_TABLE_NP, _TABLE_NC),
+    built by continuation in c (each column starts from the previous one's solution)."""
+    key = (float(mu_bounds[0]), float(mu_bounds[1]), float(sigma_bounds[0]), float(sigma_bounds[1]))
+    if key not in _MLE_TABLES:
+        lo = np.array([key[0], np.log(key[2])])
+        hi = np.array([key[1], np.log(key[3])])
+        p = np.linspace(-_TABLE_LOGIT, _TABLE_LOGIT, _TABLE_NP)
+        mean = 1.0 / (1.0 + np.exp(-p))
+        d = np.minimum(mean, 1.0 - mean)
+        lt_max = 0.5 * (np.log(mean) + np.log1p(-mean)) - np.log(d)
+        ones = np.ones_like(mean)
+        mu_t = np.empty((_TABLE_NP, _TABLE_NC))
+        ls_t = np.empty((_TABLE_NP, _TABLE_NC))
+        theta = None
+        for j, c in enumerate(np.linspace(0.0, 1.0, _TABLE_NC)):
+            sd = d * np.exp(np.log(_TABLE_T_MIN) + c * (lt_max - np.log(_TABLE_T_MIN)))
+            if theta is None:
+                theta = np.stack([mean, np.log(np.maximum(sd, key[2]))], axis=1)
+            theta, *_ = _newton_truncnorm(theta, ones, mean, sd * sd, None, 0.0, lo, hi, maxiter=500)
+            mu_t[:, j], ls_t[:, j] = theta[:, 0], theta[:, 1]
+        _MLE_TABLES[key] = (mu_t, ls_t)
+    return _MLE_TABLES[key]
+
+
+def _mle_start(mean, sd, mu_bounds, sigma_bounds):
+    """Starting ``(mu, log sigma)`` for the MLE: the table's bilinear interpolation where the
+    scores are near an end of [0, 1], the moments elsewhere."""
+    mu0 = mean.copy()
+    ls0 = np.log(np.maximum(sd, sigma_bounds[0]))
+    p, c, inside = _table_coords(mean, sd)
+    idx = np.flatnonzero(inside)
+    if idx.size:
+        mu_t, ls_t = _mle_table(mu_bounds, sigma_bounds)
+        u = (p[idx] + _TABLE_LOGIT) / (2 * _TABLE_LOGIT) * (_TABLE_NP - 1)
+        v = c[idx] * (_TABLE_NC - 1)
+        i = np.minimum(u.astype(int), _TABLE_NP - 2)
+        j = np.minimum(v.astype(int), _TABLE_NC - 2)
+        fu, fv = u - i, v - j
+        w00, w01, w10, w11 = (1 - fu) * (1 - fv), (1 - fu) * fv, fu * (1 - fv), fu * fv
+        mu0[idx] = w00 * mu_t[i, j] + w01 * mu_t[i, j + 1] + w10 * mu_t[i + 1, j] + w11 * mu_t[i + 1, j + 1]
+        ls0[idx] = w00 * ls_t[i, j] + w01 * ls_t[i, j + 1] + w10 * ls_t[i + 1, j] + w11 * ls_t[i + 1, j + 1]
+    return mu0, ls0
+
+
 def _fit_truncnorm_stats(n, mean, ss, prior=None, prior_strength=1.0, mu_bounds=MU_BOUNDS,
                          sigma_bounds=SIGMA_BOUNDS, mu_init=None, sigma_init=None):
     """Batched MLE / MAP on sufficient statistics, all (Q,). Returns mu, sigma, nll, logprior,
-    converged, at_bound, info."""
+    converged, at_bound, info.
+
+    The MLE starts from the data moments (or ``mu_init`` / ``sigma_init``); its objective is
+    convex in the natural parameters and the box is a convex polygon there, so that start
+    reaches the one optimum. The MAP objective is not: with a wide prior and a tight cluster of
+    scores it has two optima, a narrow one at the data and a wide one near the prior. MAP
+    therefore runs from the data moments *and* from the prior mode and keeps, per question, the
+    lower objective (ties: the moments' start)."""
     q = n.shape[0]
     lo = np.array([mu_bounds[0], np.log(sigma_bounds[0])])
     hi = np.array([mu_bounds[1], np.log(sigma_bounds[1])])
     var = np.where(n > 0, ss / np.maximum(n, 1), 0.01)
-    mu0 = np.where(n > 0, mean, 0.5) if mu_init is None else np.asarray(mu_init, float)
-    sd0 = np.sqrt(np.clip(var, 0, None)) if sigma_init is None else np.asarray(sigma_init, float)
-    ls0 = np.log(np.maximum(sd0, sigma_bounds[0]))
+    if mu_init is None and sigma_init is None and prior is None:
+        mu0, ls0 = _mle_start(np.where(n > 0, mean, 0.5), np.sqrt(np.clip(var, 0, None)), mu_bounds, sigma_bounds)
+    else:
+        mu0 = np.where(n > 0, mean, 0.5) if mu_init is None else np.asarray(mu_init, float)
+        sd0 = np.sqrt(np.clip(var, 0, None)) if sigma_init is None else np.asarray(sigma_init, float)
+        ls0 = np.log(np.maximum(sd0, sigma_bounds[0]))
     lam = float(prior_strength)
+    starts = 1
     if prior is not None:
         pm, ps, tm, ts = prior
+        ls_prior = np.log(np.clip(ps, *sigma_bounds))
         mu0 = np.where(n == 0, pm, mu0)
-        ls0 = np.where(n == 0, np.log(np.clip(ps, *sigma_bounds)), ls0)
-
-    def fg(theta, idx):
-        mu, ls = theta[:, 0], theta[:, 1]
-        nll, gm, gl = _tn_nll_grad(mu, ls, n[idx], mean[idx], ss[idx])
-        if prior is not None:
-            sig = np.exp(ls)
-            nll = nll + lam * ((mu - pm[idx]) ** 2 / (2 * tm[idx] ** 2) + (sig - ps[idx]) ** 2 / (2 * ts[idx] ** 2))
-            gm = gm + lam * (mu - pm[idx]) / tm[idx] ** 2
-            gl = gl + lam * (sig - ps[idx]) / ts[idx] ** 2 * sig
-        return nll, np.stack([gm, gl], axis=1)
-
-    def fd_step(theta):
-        return np.stack([1e-4 * np.exp(theta[:, 1]), np.full(theta.shape[0], 1e-4)], axis=1)
-
-    theta, f, g, pg, iters = _newton_box(fg, np.stack([mu0, ls0], axis=1), lo, hi, fd_step)
-    mu, ls = theta[:, 0], theta[:, 1]
-    sig = np.exp(ls)
-    nll = _tn_nll_grad(mu, ls, n, mean, ss)[0]
+        ls0 = np.where(n == 0, ls_prior, ls0)
+        if lam > 0:
+            starts = 2
+            mu0, ls0 = np.concatenate([mu0, pm]), np.concatenate([ls0, ls_prior])
+            n_, mean_, ss_ = (np.concatenate([v, v]) for v in (n, mean, ss))
+            prior = tuple(np.concatenate([v, v]) for v in prior)
+    if starts == 1:
+        n_, mean_, ss_ = n, mean, ss
+    theta, f, nll, pg, iters = _newton_truncnorm(np.stack([mu0, ls0], axis=1), n_, mean_, ss_, prior, lam, lo, hi)
+    if starts == 2:
+        better = f[q:] < f[:q]
+        pick = np.where(better, np.arange(q, 2 * q), np.arange(q))
+        theta, f, nll, pg = theta[pick], f[pick], nll[pick], pg[pick]
+    mu, sig = theta[:, 0], np.exp(theta[:, 1])
     logprior = nll - f  # = -(penalty); zero for MLE
     ok = np.isfinite(f) & (np.abs(pg).max(axis=1) <= 1e-6 * np.maximum(1.0, n))
     at_bound = ((theta <= lo) | (theta >= hi)).any(axis=1)
-    return mu, sig, nll, logprior, ok, at_bound, {"iterations": iters}
+    info = {"iterations": iters, "starts": starts}
+    if starts == 2:
+        info["from_prior"] = int(better.sum())
+    return mu, sig, nll, logprior, ok, at_bound, info
 
 
 def fit_truncnorm(scores, prior=None, prior_strength: float = 1.0, mask=None,
@@ -322,7 +564,7 @@ def fit_truncnorm(scores, prior=None, prior_strength: float = 1.0, mask=None,
     out = _squeeze(single, mu, sig, -nll, ok, n, deg, at_bound, -nll + logprior)
     return FitResult("truncnorm", {"mu": out[0], "sigma": out[1]}, out[2], out[3], out[4], 2, out[5], out[6],
                      logpost=out[7] if pr is not None else None,
-                     info={"optimizer": "batched projected Newton", "iterations": info["iterations"],
+                     info={"optimizer": "batched projected Newton (analytic Hessian)", "iterations": info["iterations"],
                            "mu_bounds": tuple(mu_bounds), "sigma_bounds": tuple(sigma_bounds),
                            "prior_strength": float(prior_strength) if pr is not None else 0.0})
 

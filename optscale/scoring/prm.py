@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from ..config import ScoringConfig
 from ..data.grading import split_steps
-from .base import Completion
+from ..sampling.base import Completion
 from .scorers import Scorer, ScoreResult, aggregate_steps
 
 __all__ = ["PRMScorer", "prm_model_class", "build_prm_conversation", "STEP_SEPARATOR", "PRM_SYSTEM_PROMPT"]
@@ -95,16 +95,18 @@ class PRMScorer(Scorer):
         import torch
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype is None:
-            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        from ..sampling.hf_models import resolve_dtype
+
+        # auto: bfloat16 on a GPU and on a CPU with native bf16, else float32 (resolve_dtype)
+        dtype = resolve_dtype(dtype or "auto", self.device)
         if model is None or tokenizer is None:
             from transformers import AutoModel, AutoTokenizer
 
-            from .hf_models import torch_dtype
+            from ..sampling.hf_models import resolve_torch_dtype
 
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.prm_model, trust_remote_code=trust_remote_code)
             if model is None:
-                td = torch_dtype(dtype)
+                td = resolve_torch_dtype(dtype, self.device)
                 if trust_remote_code:
                     model = AutoModel.from_pretrained(config.prm_model, dtype=td, trust_remote_code=True)
                 else:

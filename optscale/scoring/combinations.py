@@ -100,8 +100,9 @@ def add_combined_score(path: str | Path, model_path: str | Path, name: str = "co
                        source: str | None = None) -> Path:
     """Write ``score__<name>`` (and one-step ``step_scores__<name>``) into the pool at ``path``;
     its metadata names the model file as ``source`` (default ``model_path``)."""
-    from ..data.pools import read_pool, write_score_column
+    from ..data.pools import pool_lock, read_pool, write_score_column
 
     model = json.loads(Path(model_path).read_text())
-    s = combined_scores(read_pool(path, allow_partial_scores=True), model)
-    return write_score_column(path, name, s, {"scorer": name, "model": source or str(model_path), **model})
+    with pool_lock(path, f"combine score__{name}"):  # no other writer between the read and the write
+        s = combined_scores(read_pool(path, allow_partial_scores=True), model)
+        return write_score_column(path, name, s, {"scorer": name, "model": source or str(model_path), **model})

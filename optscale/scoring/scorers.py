@@ -19,7 +19,10 @@ Registered names (``SCORERS``):
   mean ``C`` over sliding windows of ``scoring.conf_window`` tokens, and the mean ``C`` of the last
   ``scoring.tail_tokens`` tokens, mapped to [0, 1) by ``C / (1 + C)`` (monotone, so rankings and
   AUROC are those of ``C``; typical C of 2-10 land in 0.67-0.91). No extra compute.
-- ``prm``: Qwen2.5-Math-PRM-style reward model (GPU path; see ``optscale.sampling.prm``).
+- ``prm``: Qwen2.5-Math-PRM-style reward model (GPU path; see ``optscale.scoring.prm``).
+- ``probe``: a logistic-regression probe on the generator's own hidden states (an outcome verifier
+  learned here; see ``optscale.scoring.probe``): pools are scored cross-fitted by question
+  (``generate score --scorer probe``), new questions by a committed head that never saw them.
 
 All step-score aggregations live in :func:`aggregate_steps`.
 """
@@ -36,7 +39,7 @@ import numpy as np
 from ..config import ScoringConfig
 from ..data.grading import split_steps
 from ..registry import Registry
-from .base import Completion, load_prompt_template
+from ..sampling.base import Completion, load_prompt_template
 
 __all__ = ["SCORERS", "Scorer", "ScoreResult", "get_scorer", "aggregate_steps", "SelfCertaintyScorer", "LMJudgeScorer",
            "AnswerJudgeScorer", "LowestGroupConfidenceScorer", "TailConfidenceScorer", "JUDGES", "build_judge",
@@ -99,7 +102,7 @@ def build_judge(config: Any, sampler: Any = None, name: str = "lm-judge") -> Sco
     model = getattr(sampler, "model", None)
     if callable(getattr(model, "get_decoder", None)) and config.scoring.judge_model == config.sampling.model:
         return get_scorer(name, config.scoring, model=model, tokenizer=sampler.tokenizer)
-    return get_scorer(name, config.scoring)
+    return get_scorer(name, config.scoring, dtype=config.sampling.dtype)
 
 
 @SCORERS.register("self-certainty")
@@ -151,11 +154,11 @@ class LMJudgeScorer(Scorer):
     template_key = "judge_template"
 
     def __init__(self, config: ScoringConfig, model: Any = None, tokenizer: Any = None,
-                 model_name: str | None = None, dtype: str = "bfloat16", device: str = "cpu"):
+                 model_name: str | None = None, dtype: str = "auto", device: str = "cpu"):
         super().__init__(config)
         model_name = model_name or config.judge_model
         if model is None:
-            from .hf_models import load_causal_lm
+            from ..sampling.hf_models import load_causal_lm
 
             model, tokenizer = load_causal_lm(model_name, dtype, device)
         self.model, self.tokenizer, self.model_name, self.device = model, tokenizer, model_name, device
@@ -293,7 +296,8 @@ class TailConfidenceScorer(_TraceConfidenceScorer):
         return float(conf[-self.config.tail_tokens:].mean())
 
 
-SCORERS.register("prm", "optscale.sampling.prm:PRMScorer")
+SCORERS.register("prm", "optscale.scoring.prm:PRMScorer")
+SCORERS.register("probe", "optscale.scoring.probe:ProbeScorer")
 
 
 def build_scorers(cfg, sampler, names=None):

@@ -1,0 +1,514 @@
+"""A learned outcome verifier: a probe on the generator's own hidden states (Cobbe et al., 2021).
+
+Features of one (question, solution) pair come from the generator itself, run through llama.cpp
+(the quantized GGUF; AVX2 is enough, no bfloat16 pass): the prompt the generator saw (chat template
+and prompt template, exactly as :class:`~optscale.sampling.llama_cpp.LlamaCppSampler` formats it) is
+evaluated once per question, then each sample's solution is teacher-forced after it and the hidden
+state is read at every solution token. A sample's feature vector concatenates, for each probed depth
+(``layers``: a number of transformer blocks; the full model, or a copy of the GGUF cut after that
+many blocks, :func:`truncated_gguf`), the hidden state at the final token and the mean over the
+solution's tokens (llama.cpp's output embeddings: the block's output after the model's final norm).
+
+The score of a sample depends on its question and that one sample only (OptScale assumes i.i.d.
+scores given the question): the head is a logistic regression on standardised features
+(:func:`fit_probe_head`) and never sees the other samples of the question it scores.
+
+No question is scored by a head that saw it: :func:`crossfit_probe_scores` splits a pool's questions
+into K folds by question id, trains each fold's head on the other folds (plus optional external
+training sets: generations on questions outside every evaluation) and scores that fold. The pool
+metadata of the ``probe`` score column records, per fold, ``train_question_ids`` and
+``scored_question_ids`` (and the external sets by name and question ids).
+
+Raw features are a cache outside git (:func:`feature_cache_dir`, ``$OPTSCALE_CACHE`` or
+``~/.cache/optscale``), one ``.npz`` file per (pool, question), so extraction checkpoints per
+question and resumes; the scores and the trained heads' coefficients are committed with the pools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "PROBE_FEATURE_VERSION",
+    "feature_cache_dir",
+    "truncated_gguf",
+    "HiddenStateExtractor",
+    "prompt_token_ids",
+    "pool_features",
+    "ProbeHead",
+    "ProbeScorer",
+    "question_digest",
+    "probe_head_dir",
+    "score_pool_with_probe",
+    "fit_probe_head",
+    "question_folds",
+    "crossfit_probe_scores",
+]
+
+PROBE_FEATURE_VERSION = 1  # bump when the feature definition changes (invalidates the cache)
+
+
+def feature_cache_dir() -> Path:
+    """Where raw probe features live (never in git): ``$OPTSCALE_CACHE/probe_features`` or
+    ``~/.cache/optscale/probe_features``."""
+    root = Path(os.environ.get("OPTSCALE_CACHE", Path.home() / ".cache" / "optscale"))
+    return root / "probe_features"
+
+
+def truncated_gguf(src: str | os.PathLike, n_layers: int, out_dir: str | os.PathLike | None = None) -> Path:
+    """A copy of GGUF ``src`` keeping its first ``n_layers`` transformer blocks (and the embeddings,
+    the final norm and the output head), so that llama.cpp's output embeddings are the hidden state
+    after block ``n_layers`` (through the final norm). Written once with the ``gguf`` package's
+    reader / writer (tensors copied unchanged, still quantized) and reused."""
+    import gguf
+
+    src = Path(src)
+    reader = gguf.GGUFReader(str(src))
+    arch_field = reader.fields[gguf.Keys.General.ARCHITECTURE]
+    arch = str(bytes(arch_field.parts[arch_field.data[0]]), "utf-8")
+    block_key = gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)
+    n_blocks = int(reader.fields[block_key].contents())
+    if not 1 <= n_layers <= n_blocks:
+        raise ValueError(f"{src}: n_layers={n_layers} outside 1..{n_blocks} blocks")
+    if n_layers == n_blocks:
+        return src
+    out_dir = Path(out_dir) if out_dir is not None else feature_cache_dir().parent / "gguf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / f"{src.stem}.first{n_layers}of{n_blocks}.gguf"
+    if dst.is_file():
+        return dst
+
+    def keep(name: str) -> bool:
+        if not name.startswith("blk."):
+            return True
+        return int(name.split(".")[1]) < n_layers
+
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        val_type = field.types[0]
+        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+        value = n_layers if field.name == block_key else field.contents()
+        writer.add_key_value(field.name, value, val_type, sub_type=sub_type)
+    tensors = [t for t in reader.tensors if keep(t.name)]
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in tensors:
+        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    writer.close()
+    os.replace(tmp, dst)
+    return dst
+
+
+class HiddenStateExtractor:
+    """llama.cpp in embedding mode (no pooling) over one GGUF: :meth:`features` evaluates a prompt once
+    and teacher-forces each solution after it, returning per solution the hidden state at its last
+    token and its mean over the solution's tokens."""
+
+    def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 512):
+        import llama_cpp
+        from llama_cpp import _internals
+        from llama_cpp._logger import set_verbose
+
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        set_verbose(False)
+        llama_cpp.llama_backend_init()
+        self._L = llama_cpp
+        self.gguf = Path(gguf_path)
+        self.n_threads = n_threads or int(os.environ.get("OPTSCALE_TORCH_THREADS", os.cpu_count() or 1))
+        self.lm = _internals.LlamaModel(path_model=str(self.gguf), params=llama_cpp.llama_model_default_params(),
+                                        verbose=False)
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = n_batch
+        cp.n_seq_max = 2
+        cp.kv_unified = True
+        cp.embeddings = True
+        cp.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        cp.n_threads = cp.n_threads_batch = self.n_threads
+        cp.no_perf = True
+        self.ctx = _internals.LlamaContext(model=self.lm, params=cp, verbose=False)
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.n_embd = int(llama_cpp.llama_model_n_embd(self.lm.model))
+        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        return self.lm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def _decode(self, tokens: Sequence[int], pos0: int, seq: int, outputs: bool) -> np.ndarray | None:
+        """Decode ``tokens`` at positions pos0.. on sequence ``seq``; with ``outputs`` return their
+        embeddings (len(tokens) x n_embd)."""
+        L = self._L
+        rows = []
+        for lo in range(0, len(tokens), self.n_batch):
+            chunk = tokens[lo:lo + self.n_batch]
+            b = self.batch.batch
+            b.n_tokens = len(chunk)
+            for k, t in enumerate(chunk):
+                b.token[k] = t
+                b.pos[k] = pos0 + lo + k
+                b.n_seq_id[k] = 1
+                b.seq_id[k][0] = seq
+                b.logits[k] = outputs
+            rc = L.llama_decode(self.ctx.ctx, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc} on {self.gguf.name} (1: no KV slot; <0: error)")
+            if outputs:
+                ptr = L.llama_get_embeddings(self.ctx.ctx)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_embd)).copy())
+        return np.concatenate(rows) if outputs else None
+
+    def features(self, prompt: Sequence[int], solutions: Sequence[Sequence[int]]) -> np.ndarray:
+        """(len(solutions), 2 * n_embd) float32: [hidden state at the last solution token, mean over
+        the solution's tokens] for each solution, after ``prompt``."""
+        L = self._L
+        mem = L.llama_get_memory(self.ctx.ctx)
+        L.llama_memory_clear(mem, True)
+        need = len(prompt) + max((len(s) for s in solutions), default=0)
+        if need > self.n_ctx:
+            raise RuntimeError(f"a prompt and solution need {need} KV cells but n_ctx is {self.n_ctx}")
+        self._decode(prompt, 0, 0, outputs=False)
+        out = np.zeros((len(solutions), 2 * self.n_embd), dtype=np.float32)
+        for i, sol in enumerate(solutions):
+            if not sol:
+                continue
+            L.llama_memory_seq_cp(mem, 0, 1, -1, -1)
+            h = self._decode(list(sol), len(prompt), 1, outputs=True)
+            L.llama_memory_seq_rm(mem, 1, -1, -1)
+            out[i, :self.n_embd] = h[-1]
+            out[i, self.n_embd:] = h.mean(axis=0)
+        return out
+
+    def close(self) -> None:
+        for obj in ("batch", "ctx", "lm"):
+            o = getattr(self, obj, None)
+            if o is not None:
+                o.close()
+                setattr(self, obj, None)
+
+
+def prompt_token_ids(extractor: HiddenStateExtractor, sampling_config: Any, question: str, tokenizer: Any) -> list[int]:
+    """The generator's prompt for ``question`` as token ids, formatted exactly as pool generation
+    does (prompt template, then the chat template with the generation prompt)."""
+    from ..sampling.base import chat_messages, load_prompt_template
+
+    template = load_prompt_template(sampling_config.prompt_template)
+    prompt = template.replace("{question}", question).strip()
+    text = tokenizer.apply_chat_template(chat_messages(sampling_config, prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    return extractor.tokenize(text, special=True)
+
+
+def _cache_key(pool_name: str, dataset: str, layers: Sequence[int]) -> Path:
+    tag = f"v{PROBE_FEATURE_VERSION}_layers{'-'.join(map(str, layers))}"
+    return feature_cache_dir() / pool_name / dataset / tag
+
+
+def pool_features(df: "Any", questions: Mapping[str, str], sampling_config: Any, pool_name: str, dataset: str,
+                  layers: Sequence[int] | None = None, n_threads: int | None = None, hours: float | None = None,
+                  question_ids: Iterable[str] | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """Features of every sample of the pool frame ``df`` (rows of one dataset), question by question,
+    cached per question under :func:`feature_cache_dir` (so an interrupted run resumes). ``questions``
+    maps question id -> question text. ``layers``: block counts to probe (default: the full model).
+    Returns {question_id: (n_samples, n_features)} in ``sample_index`` order, for the questions done
+    (all of them unless ``hours`` ran out)."""
+    from ..sampling.convert import load_chat_tokenizer
+    from ..sampling.llama_cpp import resolve_gguf
+
+    full = resolve_gguf(sampling_config.model)
+    n_blocks = _block_count(full)
+    layers = list(layers or [n_blocks])
+    cache = _cache_key(pool_name, dataset, layers)
+    cache.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_chat_tokenizer(sampling_config.model)
+    wanted = list(question_ids) if question_ids is not None else list(dict.fromkeys(df["question_id"]))
+    out: dict[str, np.ndarray] = {}
+    todo = []
+    for qid in wanted:
+        f = cache / f"{_safe(qid)}.npz"
+        if f.is_file():
+            z = np.load(f)
+            out[qid] = z["features"]
+        else:
+            todo.append(qid)
+    if not todo:
+        return out
+    deadline = time.time() + 3600 * hours if hours else None
+    extractors = {L: HiddenStateExtractor(truncated_gguf(full, L), n_threads=n_threads) for L in layers}
+    try:
+        it = todo
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(todo, desc=f"probe features {dataset}", unit="question")
+        for qid in it:
+            if deadline is not None and time.time() >= deadline:
+                break
+            rows = df[df["question_id"] == qid].sort_values("sample_index")
+            t0 = time.time()
+            parts = []
+            for L in layers:
+                ex = extractors[L]
+                prompt = prompt_token_ids(ex, sampling_config, questions[qid], tokenizer)
+                sols = [ex.tokenize(t) for t in rows["text"]]
+                parts.append(ex.features(prompt, sols))
+            feats = np.concatenate(parts, axis=1)
+            tmp = cache / f"{_safe(qid)}.{os.getpid()}.tmp.npz"
+            np.savez(tmp, features=feats, sample_index=rows["sample_index"].to_numpy(),
+                     seconds=time.time() - t0, n_tokens=int(sum(len(s) for s in sols)))
+            os.replace(tmp, cache / f"{_safe(qid)}.npz")
+            out[qid] = feats
+    finally:
+        for ex in extractors.values():
+            ex.close()
+    return out
+
+
+def _safe(qid: str) -> str:
+    return hashlib.sha1(str(qid).encode()).hexdigest()[:16] + "_" + "".join(c if c.isalnum() else "_" for c in str(qid))[:40]
+
+
+def _block_count(path: Path) -> int:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch_field = reader.fields[gguf.Keys.General.ARCHITECTURE]
+    arch = str(bytes(arch_field.parts[arch_field.data[0]]), "utf-8")
+    return int(reader.fields[gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)].contents())
+
+
+@dataclass
+class ProbeHead:
+    """A trained probe head: standardisation then logistic regression, stored as plain arrays (no
+    pickle), so a committed head loads anywhere."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    meta: dict
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+        return 1.0 / (1.0 + np.exp(-(z @ self.coef + self.intercept)))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
+                            coef=self.coef.astype(np.float32), intercept=np.float64(self.intercept),
+                            meta=json.dumps(self.meta, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ProbeHead":
+        z = np.load(path, allow_pickle=False)
+        return cls(mean=z["mean"].astype(np.float64), scale=z["scale"].astype(np.float64),
+                   coef=z["coef"].astype(np.float64), intercept=float(z["intercept"]), meta=json.loads(str(z["meta"])))
+
+
+def fit_probe_head(X: np.ndarray, y: np.ndarray, C: float = 0.01, meta: dict | None = None, seed: int = 0) -> ProbeHead:
+    """Standardise, then an L2 logistic regression (scikit-learn, lbfgs) on correctness labels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=int)
+    if len(np.unique(y)) < 2:
+        raise ValueError("probe head: the training samples are all correct or all wrong")
+    sc = StandardScaler().fit(X)
+    scale = np.where(sc.scale_ > 0, sc.scale_, 1.0)
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit((X - sc.mean_) / scale, y)
+    return ProbeHead(mean=sc.mean_, scale=scale, coef=lr.coef_[0], intercept=float(lr.intercept_[0]),
+                     meta={"C": C, "n_train": int(len(y)), "train_accuracy_rate": float(y.mean()), **(meta or {})})
+
+
+def question_folds(question_ids: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
+    """K folds of question ids by a stable hash of (seed, id): a question's fold does not move when
+    the pool grows."""
+    ids = list(dict.fromkeys(question_ids))
+    if k < 2 or k > len(ids):
+        raise ValueError(f"question_folds: k={k} for {len(ids)} questions")
+    keyed = sorted(ids, key=lambda q: hashlib.sha256(f"{seed}:{q}".encode()).hexdigest())
+    return [keyed[f::k] for f in range(k)]
+
+
+def crossfit_probe_scores(features: Mapping[str, np.ndarray], correct: Mapping[str, np.ndarray], k: int = 5,
+                          C: float = 0.01, seed: int = 0,
+                          external: Sequence[tuple[str, Mapping[str, np.ndarray], Mapping[str, np.ndarray]]] = (),
+                          ) -> tuple[dict[str, np.ndarray], list[dict], list[ProbeHead]]:
+    """Score every question of a pool with a head that never saw it.
+
+    ``features`` / ``correct``: {question_id: (n_samples, d)} / {question_id: (n_samples,)} of the pool;
+    ``external``: (name, features, correct) training sets of questions outside the pool, added to
+    every fold's training data. Returns (scores {question_id: (n_samples,)}, per-fold metadata with
+    ``train_question_ids`` / ``scored_question_ids`` / ``external``, the fold heads)."""
+    qids = [q for q in features if q in correct]
+    folds = question_folds(qids, k, seed)
+    ext_X = [np.concatenate([f[q] for q in f]) for _, f, _ in external if f]
+    ext_y = [np.concatenate([c[q] for q in f]) for _, f, c in external if f]
+    scores: dict[str, np.ndarray] = {}
+    meta: list[dict] = []
+    heads: list[ProbeHead] = []
+    for i, fold in enumerate(folds):
+        held = set(fold)
+        train = [q for q in qids if q not in held]
+        X = np.concatenate([features[q] for q in train] + ext_X)
+        y = np.concatenate([np.asarray(correct[q], dtype=int) for q in train] + ext_y)
+        fm = {"fold": i, "train_question_ids": train, "scored_question_ids": list(fold),
+              "external": {name: sorted(f) for name, f, _ in external}}
+        head = fit_probe_head(X, y, C=C, seed=seed, meta={"fold": i, "n_pool_train_questions": len(train)})
+        for q in fold:
+            scores[q] = head.score(features[q])
+        meta.append(fm)
+        heads.append(head)
+    return scores, meta, heads
+
+
+def question_digest(question: str) -> str:
+    """A short stable digest of a question's text: how a head's metadata names the questions it saw,
+    so a head refuses to score any of them (whatever id another pool gives them)."""
+    return hashlib.sha1(question.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def probe_head_dir(pool_name: str, dataset: str) -> Path:
+    """Where a pool's trained probe heads are committed: ``data/probe/<pool_name>/<dataset>/``."""
+    from ..config import PROJECT_ROOT
+
+    return Path(PROJECT_ROOT) / "data" / "probe" / pool_name / dataset
+
+
+def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mapping[str, str], k: int = 5,
+                          C: float = 0.01, layers: Sequence[int] | None = None, hours: float | None = None,
+                          seed: int = 0, write: bool = True) -> dict[str, Any]:
+    """Extract (or read cached) features for every sample of the pool at ``path``, cross-fit the probe
+    over its questions (K folds by question id) and write ``score__probe`` with per-fold metadata; the
+    fold heads and one head trained on every pool question (for questions outside the pool) are saved
+    under :func:`probe_head_dir`. With ``hours`` the extraction stops early and nothing is written
+    until every question has features (a later run resumes). Returns a summary."""
+    from ..data.pools import read_pool, write_score_column
+    from ..sampling.llama_cpp import resolve_gguf
+
+    pool = read_pool(path, allow_partial_scores=True)
+    df, meta = pool.df, pool.meta
+    dataset = pool.dataset
+    pool_name = meta.get("pool_name") or Path(path).parent.name
+    qids = list(dict.fromkeys(df["question_id"]))
+    missing = [q for q in qids if q not in questions]
+    if missing:
+        raise KeyError(f"{path}: questions {missing[:5]} not in the benchmark's questions")
+    t0 = time.time()
+    feats = pool_features(df, questions, config.sampling, pool_name, dataset, layers=layers, hours=hours)
+    elapsed = time.time() - t0
+    summary: dict[str, Any] = {"dataset": dataset, "questions": len(qids), "with_features": len(feats),
+                               "extract_seconds": elapsed}
+    if len(feats) < len(qids):
+        summary["written"] = False
+        return summary
+    correct = {q: g.sort_values("sample_index")["correct"].to_numpy().astype(int)
+               for q, g in df.groupby("question_id", sort=False)}
+    scores, folds, heads = crossfit_probe_scores(feats, correct, k=k, C=C, seed=seed)
+    n_blocks = _block_count(resolve_gguf(config.sampling.model))
+    layers = list(layers or [n_blocks])
+    secs = _cached_seconds(pool_name, dataset, layers)
+    description = {
+        "kind": "probe",
+        "what": "logistic-regression probe on the generator's hidden states (last solution token and mean "
+                "over solution tokens, llama.cpp embeddings), cross-fitted by question",
+        "generator": config.sampling.model, "layers": layers, "n_blocks": n_blocks, "k_folds": k, "C": C,
+        "seed": seed, "feature_version": PROBE_FEATURE_VERSION, "folds": folds,
+        "cpu_seconds_per_sample": secs,
+    }
+    if write:
+        col = np.full(len(df), np.nan)
+        for q, g in df.groupby("question_id", sort=False):
+            order = g.sort_values("sample_index").index
+            col[df.index.get_indexer(order)] = scores[q]
+        write_score_column(path, "probe", col, description)
+        out = probe_head_dir(pool_name, dataset)
+        for i, h in enumerate(heads):
+            h.meta.update({"scored_question_ids": folds[i]["scored_question_ids"]})
+            h.save(out / f"fold{i}.npz")
+        X = np.concatenate([feats[q] for q in qids])
+        y = np.concatenate([correct[q] for q in qids])
+        full = fit_probe_head(X, y, C=C, seed=seed, meta={
+            "fold": "all", "pool": pool_name, "dataset": dataset, "layers": layers,
+            "train_question_ids": qids, "train_question_digests": [question_digest(questions[q]) for q in qids]})
+        full.save(out / "all.npz")
+    summary.update({"written": write, "cpu_seconds_per_sample": secs})
+    return summary
+
+
+def _cached_seconds(pool_name: str, dataset: str, layers: Sequence[int]) -> float | None:
+    """Mean wall seconds of feature extraction per sample over the cached questions."""
+    cache = _cache_key(pool_name, dataset, layers)
+    tot, n = 0.0, 0
+    for f in cache.glob("*.npz"):
+        z = np.load(f)
+        if "seconds" in z:
+            tot += float(z["seconds"])
+            n += len(z["sample_index"])
+    return tot / n if n else None
+
+
+class ProbeScorer:
+    """The ``probe`` scorer for new questions: features through llama.cpp, scored by a committed head
+    (``head``: a :class:`ProbeHead` file, e.g. ``data/probe/<pool>/<dataset>/all.npz``). It refuses a
+    question the head was trained on (by :func:`question_digest` of the text). Pools are scored by
+    :func:`score_pool_with_probe` (``generate score --scorer probe``), which cross-fits instead."""
+
+    name = "probe"
+
+    def __init__(self, config: Any, head: str | os.PathLike | None = None, sampling: Any = None,
+                 n_threads: int | None = None):
+        if head is None or sampling is None:
+            raise ValueError("the probe scorer needs head=<ProbeHead .npz> and sampling=<the generator's "
+                             "SamplingConfig>; a pool is scored with `generate score --scorer probe`")
+        from ..sampling.convert import load_chat_tokenizer
+        from ..sampling.llama_cpp import resolve_gguf
+
+        self.config = config
+        self.sampling = sampling
+        self.head_path = Path(head)
+        self.head = ProbeHead.load(self.head_path)
+        self.seen = set(self.head.meta.get("train_question_digests", []))
+        full = resolve_gguf(sampling.model)
+        self.layers = list(self.head.meta.get("layers") or [_block_count(full)])
+        self.extractors = {L: HiddenStateExtractor(truncated_gguf(full, L), n_threads=n_threads) for L in self.layers}
+        self.tokenizer = load_chat_tokenizer(sampling.model)
+
+    def score(self, question: str, completions: Sequence[Any]) -> list[Any]:
+        from .scorers import ScoreResult
+
+        if question_digest(question) in self.seen:
+            raise ValueError(f"probe head {self.head_path} was trained on this question; it never scores "
+                             "a question it saw (score the pool with `generate score --scorer probe`, cross-fitted)")
+        parts = []
+        for L in self.layers:
+            ex = self.extractors[L]
+            prompt = prompt_token_ids(ex, self.sampling, question, self.tokenizer)
+            parts.append(ex.features(prompt, [ex.tokenize(c.text) for c in completions]))
+        s = self.head.score(np.concatenate(parts, axis=1))
+        return [ScoreResult(score=float(x), step_scores=(float(x),)) for x in s]
+
+    def describe(self) -> dict[str, Any]:
+        return {"scorer": self.name, "head": str(self.head_path), "layers": self.layers,
+                "trained_on": len(self.seen), "generator": self.sampling.model}
+
+    def close(self) -> None:
+        for ex in self.extractors.values():
+            ex.close()

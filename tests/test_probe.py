@@ -1,0 +1,123 @@
+"""The hidden-state probe verifier (optscale.scoring.probe): folds, cross-fitting, heads, GGUF cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optscale.scoring.probe import (ProbeHead, crossfit_probe_scores, fit_probe_head, question_digest,
+                                    question_folds, truncated_gguf)
+
+
+def _planted(n_q=30, n=8, d=20, signal=2.5, seed=0):
+    rng = np.random.default_rng(seed)
+    feats, correct = {}, {}
+    w = rng.normal(size=d)
+    w /= np.linalg.norm(w)
+    for q in range(n_q):
+        y = rng.random(n) < rng.uniform(0.2, 0.8)
+        x = rng.normal(size=(n, d)) + rng.normal(size=d)  # a per-question offset: the question's "topic"
+        x += signal * np.outer(y.astype(float) - 0.5, w)
+        feats[f"q{q}"], correct[f"q{q}"] = x, y.astype(int)
+    return feats, correct
+
+
+def test_question_folds_partition_and_are_stable_when_the_pool_grows():
+    ids = [str(i) for i in range(50)]
+    folds = question_folds(ids, 5, seed=0)
+    assert sorted(q for f in folds for q in f) == sorted(ids)
+    assert all(len(set(a) & set(b)) == 0 for i, a in enumerate(folds) for b in folds[i + 1:])
+    assert question_folds(ids, 5, seed=0) == folds
+    # a question's fold is decided by its own id: the ordering inside the hash order stays the same
+    grown = question_folds(ids + [str(i) for i in range(50, 80)], 5, seed=0)
+    order = [q for f in folds for q in f]
+    assert [q for f in grown for q in f if q in set(ids)] != [] and set(order) <= {q for f in grown for q in f}
+    with pytest.raises(ValueError):
+        question_folds(ids[:3], 5)
+
+
+def test_crossfit_never_scores_a_question_its_head_saw_and_finds_a_planted_signal():
+    from sklearn.metrics import roc_auc_score
+
+    feats, correct = _planted()
+    scores, meta, heads = crossfit_probe_scores(feats, correct, k=5, C=0.1)
+    assert set(scores) == set(feats)
+    for fm in meta:
+        assert not set(fm["train_question_ids"]) & set(fm["scored_question_ids"])
+        assert set(fm["train_question_ids"]) | set(fm["scored_question_ids"]) == set(feats)
+    scored = [q for fm in meta for q in fm["scored_question_ids"]]
+    assert sorted(scored) == sorted(feats)  # every question scored exactly once
+    y = np.concatenate([correct[q] for q in feats])
+    s = np.concatenate([scores[q] for q in feats])
+    assert roc_auc_score(y, s) > 0.8
+    # no signal: held-out AUROC near chance (a head that leaked its own test data would score high)
+    feats0, correct0 = _planted(signal=0.0, seed=1)
+    s0, _, _ = crossfit_probe_scores(feats0, correct0, k=5, C=0.1)
+    y0 = np.concatenate([correct0[q] for q in feats0])
+    assert abs(roc_auc_score(y0, np.concatenate([s0[q] for q in feats0])) - 0.5) < 0.1
+
+
+def test_score_depends_on_the_sample_only():
+    feats, correct = _planted(n_q=10)
+    head = fit_probe_head(np.concatenate(list(feats.values())), np.concatenate(list(correct.values())))
+    x = feats["q0"]
+    alone = np.array([head.score(x[i:i + 1])[0] for i in range(len(x))])
+    np.testing.assert_allclose(head.score(x), alone)
+    np.testing.assert_allclose(head.score(x[::-1])[::-1], alone)
+
+
+def test_head_round_trips_without_pickle(tmp_path):
+    feats, correct = _planted(n_q=10)
+    head = fit_probe_head(np.concatenate(list(feats.values())), np.concatenate(list(correct.values())),
+                          meta={"train_question_digests": [question_digest("What is 2+2?")]})
+    path = head.save(tmp_path / "h.npz")
+    back = ProbeHead.load(path)
+    np.testing.assert_allclose(back.score(feats["q3"]), head.score(feats["q3"]), rtol=1e-5)
+    assert back.meta["train_question_digests"] == [question_digest("  What is 2+2?\n")]
+    with pytest.raises(ValueError, match="all correct or all wrong"):
+        fit_probe_head(np.ones((4, 3)), np.ones(4))
+
+
+def test_truncated_gguf_keeps_the_first_blocks(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    src = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(src), arch="qwen2")
+    w.add_block_count(4)
+    w.add_context_length(64)
+    w.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    for i in range(4):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.full(4, i, dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(4, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    cut = truncated_gguf(src, 2, out_dir=tmp_path / "cut")
+    r = gguf.GGUFReader(str(cut))
+    assert int(r.fields["qwen2.block_count"].contents()) == 2
+    names = {t.name for t in r.tensors}
+    assert names == {"token_embd.weight", "blk.0.attn_norm.weight", "blk.1.attn_norm.weight", "output_norm.weight"}
+    np.testing.assert_array_equal(np.asarray(next(t for t in r.tensors if t.name == "blk.1.attn_norm.weight").data),
+                                  np.full(4, 1, dtype=np.float32))
+    assert truncated_gguf(src, 4) == src  # the full depth is the file itself
+    with pytest.raises(ValueError, match="outside"):
+        truncated_gguf(src, 5)
+
+
+@pytest.mark.slow
+def test_extractor_features_are_per_sample_and_deterministic():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (bash scripts/setup.sh llama-cpp)")
+    from optscale.sampling.llama_cpp import resolve_gguf
+    from optscale.scoring.probe import HiddenStateExtractor
+
+    ex = HiddenStateExtractor(resolve_gguf("qwen2.5-coder-0.5b-instruct"), n_ctx=512, n_threads=1)
+    try:
+        prompt = ex.tokenize("Question: what is 2 + 3?\nAnswer:")
+        a, b = ex.tokenize(" 2 + 3 = 5. The answer is 5."), ex.tokenize(" 2 + 3 = 6. The answer is 6.")
+        f = ex.features(prompt, [a, b])
+        assert f.shape == (2, 2 * ex.n_embd) and np.isfinite(f).all()
+        f_b = ex.features(prompt, [b])  # a sample's features do not depend on the others
+        np.testing.assert_allclose(f_b[0], f[1], rtol=1e-3, atol=1e-3)
+        assert not np.allclose(f[0], f[1])
+    finally:
+        ex.close()

@@ -3,11 +3,13 @@
 #
 #   bash run_all.sh [--profile NAME] [--run-id ID] [--only PATTERN] [--overrides "a.b=1,c.d=2"]
 #
-# Without --profile: optscale.config.DEFAULT_PROFILE (cpu-1.5b, which needs llama.cpp:
-# scripts/install_llama_cpp.sh); --profile cpu runs the 0.5B weak-verifier pools.
+# Without --profile: optscale.config.DEFAULT_PROFILE (cpu-1.5b, llama.cpp); --profile cpu runs the
+# 0.5B weak-verifier pools. On a fresh clone it first installs what is missing (scripts/setup.sh: the
+# package, then llama.cpp for cpu-1.5b; OPTSCALE_NO_SETUP=1 refuses instead).
 # Writes outputs/<run-id>/ with the executed notebooks (notebooks/), figures/, tables/, the
-# papermill logs (logs/) and manifest.json (config, git hash, package versions, seeds, pool
-# checksums). Stops at the first failing notebook, names it, and exits non-zero.
+# papermill logs (logs/), manifest.json (config, git hash, package versions, seeds, pool
+# checksums, CPU and dtype) and the results page index.html (python -m optscale.report).
+# Stops at the first failing notebook, names it, and exits non-zero.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --profile) PROFILE="$2" ;; --run-id) RUN_ID="$2" ;; --only) ONLY="$2" ;; --overrides) OVERRIDES="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -18,7 +18,7 @@ import time
 from .config import BENCHMARKS, DEFAULT_PROFILE, ConfigError, load_config
 from .data.benchmarks import load_benchmark
 from .data.generation import generate_pool, merge_checkpoint, pool_needs_sampling
-from .data.pools import pool_path, read_pool, score_pool
+from .data.pools import PoolError, pool_path, read_pool, score_pool
 from .data.selection import config_problems
 from .sampling import get_sampler
 from .scoring.scorers import build_scorers, get_scorer
@@ -378,6 +378,9 @@ def main(argv=None) -> int:
     except (ConfigError, UsageError) as e:  # a bad profile, override or --datasets: one line, nothing done
         print(f"python -m optscale.generate {args.cmd}: {e}", file=sys.stderr)
         return 2
+    except PoolError as e:  # a pool, checkpoint or lock refused (it names the file and what): one line
+        print(f"python -m optscale.generate {args.cmd}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

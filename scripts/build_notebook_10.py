@@ -67,13 +67,13 @@ display(sweep_curves(sweep, "acc_minus_bon").round(3))
 sweep[cols].round(4)'''),
 md("""### Break-even AUROC
 
-The AUROC above which OptScale is non-inferior to BoN@n and saves more tokens than the best vote
+The AUROC above which OptScale (⁰, ᵗ, sequential) is non-inferior to BoN@n and saves more tokens than the best vote
 policy that is non-inferior at the same AUROC (BoN itself when none is), and the AUROC above which
 it saves the paper's 37% at non-inferiority (linear interpolation between swept levels; None:
 never within the sweep)."""),
 code('''from optscale import break_even_aurocs
 
-break_even = break_even_aurocs(sweep, policies=["optscale-0", "optscale-t"])
+break_even = break_even_aurocs(sweep)  # OptScale⁰, OptScaleᵗ and sequential OptScale
 save_table(break_even, run, "verifier_sweep_break_even")
 break_even'''),
 md("""### The model against reality

@@ -231,3 +231,39 @@ def test_map_two_starts_reach_the_global_optimum_on_random_peeks():
         r = fit_truncnorm(x, prior=prior)
         worst = max(worst, -float(r.logpost) - best)
     assert worst <= 1e-9
+
+
+def test_scores_piled_at_an_end_match_scipy_multistart():
+    # PRM-like saturated scores (within 1e-4..1e-2 of 1, or of 0): the MLE runs along a nearly
+    # flat valley of near-exponential shapes, often to mu's bound. The batched fit must reach at
+    # least the best of scipy's starts (moments, box centre) on every question.
+    rng = np.random.default_rng(12)
+    rows = []
+    for j in range(16):
+        s = 10 ** rng.uniform(-4, -2)
+        x = np.clip(np.abs(rng.normal(0, s, int(rng.integers(2, 9)))), 0, 1)
+        rows.append(1 - x if j % 2 else x)
+    for x in rows:
+        r = fit_truncnorm(x)
+        fun = lambda p: -stats.truncnorm.logpdf(x, -p[0] / p[1], (1 - p[0]) / p[1], loc=p[0], scale=p[1]).sum()
+        best = min(optimize.minimize(fun, s0, method="L-BFGS-B", bounds=[(-1, 2), (1e-3, 2)],
+                                     options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000}).fun
+                   for s0 in ([x.mean(), max(x.std(), 1e-3)], [0.5, 0.3]))
+        assert float(r.loglik) >= -best - 1e-6
+        assert np.isclose(float(r.loglik), float(truncnorm_logpdf(x, r.mu, r.sigma).sum()), rtol=0, atol=1e-9)
+
+
+def test_batched_fit_equals_single_fits():
+    # warm_fit_cache fits many prefixes in one call, a policy's own _fit one question at a time:
+    # the cache is only sound if a question's fit does not depend on the others in its batch.
+    rng = np.random.default_rng(13)
+    x = np.vstack([_sample(rng.uniform(0.1, 1.1, 6), rng.uniform(0.01, 0.3, 6), 5, seed=14),
+                   [[0.849, 0.855, 0.893, 0.0, 0.0]], [[0.9999, 0.99995, 1.0, 0.0, 0.0]]])
+    m = np.ones_like(x, dtype=bool)
+    m[-2:, 3:] = False
+    for prior in (None, (0.357, 0.189)):
+        batch = fit_truncnorm(x, mask=m, prior=prior)
+        for i in range(x.shape[0]):
+            one = fit_truncnorm(x[i][m[i]], prior=prior)
+            assert np.isclose(batch.mu[i], one.mu, rtol=0, atol=1e-12)
+            assert np.isclose(batch.sigma[i], one.sigma, rtol=0, atol=1e-12)

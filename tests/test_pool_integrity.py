@@ -373,3 +373,19 @@ def test_a_score_column_of_strings_is_a_pool_error_naming_file_column_and_row(tm
     with pytest.raises(PoolError, match=rf"{path}: row 5: score__combo = 'high' is not a number"):
         write_score_column(path, "combo", scores, {"scorer": "combo"})
     pd.testing.assert_frame_equal(read_pool(path).df, before)
+
+
+def test_cli_reports_a_refused_pool_in_one_line(monkeypatch, capsys):
+    """A PoolError (a refused resume, a held lock, a bad checkpoint line) reaches the CLI user as one
+    line naming the file, with exit 1, not a traceback."""
+    import optscale.generate as gen
+    from optscale.data.pools import PoolLockedError
+
+    def refuse(args):
+        raise PoolLockedError("data/pools/x/gsm8k.parquet: locked by pid 123 (python -m optscale.generate score)")
+
+    monkeypatch.setattr(gen, "cmd_merge", refuse)
+    assert gen.main(["merge", "--profile", "smoke"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m optscale.generate merge: data/pools/x/gsm8k.parquet: locked by pid 123 "
+                   "(python -m optscale.generate score)"]

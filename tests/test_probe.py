@@ -110,7 +110,7 @@ def test_extractor_features_are_per_sample_and_deterministic():
     from optscale.sampling.llama_cpp import resolve_gguf
     from optscale.scoring.probe import HiddenStateExtractor
 
-    ex = HiddenStateExtractor(resolve_gguf("qwen2.5-coder-0.5b-instruct"), n_ctx=512, n_threads=1)
+    ex = HiddenStateExtractor(resolve_gguf("qwen2.5-coder-0.5b-instruct-q4"), n_ctx=512, n_threads=1)
     try:
         prompt = ex.tokenize("Question: what is 2 + 3?\nAnswer:")
         a, b = ex.tokenize(" 2 + 3 = 5. The answer is 5."), ex.tokenize(" 2 + 3 = 6. The answer is 6.")

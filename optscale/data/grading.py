@@ -390,7 +390,8 @@ def _kinds_decide(a: "_Form", b: "_Form") -> bool | None:
         pa = a.probe if ka == "expr" else a.probe * _PROBE_POINTS
         pb = b.probe if kb == "expr" else b.probe * _PROBE_POINTS
         return False if any(_far(x, y) for x, y in zip(pa, pb)) else None
-    if ka in scalar and kb in ("intervals", "matrix", "tuple") or kb in scalar and ka in ("intervals", "matrix", "tuple"):
+    sets = ("intervals", "matrix", "tuple")
+    if ka in scalar and kb in sets or kb in scalar and ka in sets:
         return False
     if ka == "symbol" or kb == "symbol":
         return _symbol_decides(a, b) if ka != kb else None
@@ -588,7 +589,7 @@ class Grader:
         parts, t2 = _budgeted(self.cpu_budget_s, _shortcut_parts, parsed)
         if t2:  # the constant's value took too long: no shortcut, verify decides
             parts = (frozenset(x.strip() for x in parsed if isinstance(x, str) and x.strip()), None, None)
-        kind, t3 = _budgeted(self.cpu_budget_s, _kind_of, parsed)
+        kind, t3 = (None, True) if t2 else _budgeted(self.cpu_budget_s, _kind_of, parsed)
         if t3:  # evaluating it took too long: verify decides every comparison
             kind = ("opaque", ())
         return _Form(s, parsed, key, bool(same) and not t, False, *parts, *kind)

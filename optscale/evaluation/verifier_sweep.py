@@ -338,7 +338,7 @@ def sweep_pool(data: PoolArrays, config: Any, reference: np.ndarray, pool_set: s
                     rows.append({
                         "pool_set": pool_set, "benchmark": data.dataset, "generator": g.get("model", "?"), "n": data.n,
                         "sampling_seed": data.meta.get("seed"), "questions": data.n_questions,
-                        "real_scorer_dropped_by": data.meta.get("scorer"), "auroc_target": float(a),
+                        "question_set_scorer": data.meta.get("scorer"), "auroc_target": float(a),
                         "shift_mode": mode, "seed": int(seed), "policy": r.policy, "scores": SCORES_LABEL,
                         "auroc_measured": float(np.nanmean(per_q)) if np.isfinite(per_q).any() else float("nan"),
                         "auroc_questions": int(np.isfinite(per_q).sum()),
@@ -537,7 +537,7 @@ def crossing_auroc(auroc: Sequence[float], value: Sequence[float], threshold: fl
     return float(x[k]), f"at level {x[k]:g} (the level below fails non-inferiority; not interpolated)"
 
 
-def break_even_aurocs(table: pd.DataFrame, policies: Sequence[str] = ("optscale-0", "optscale-t"),
+def break_even_aurocs(table: pd.DataFrame, policies: Sequence[str] = OPTSCALE_POLICIES,
                       paper_savings: float = PAPER_SAVINGS) -> pd.DataFrame:
     """Per (pool_set, benchmark, shift_mode, policy): ``break_even_auroc``, the AUROC above which
     the policy is non-inferior to BoN@n and saves more tokens than the best vote policy that is

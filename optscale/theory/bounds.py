@@ -16,7 +16,7 @@ Exact semantics of :func:`required_samples` (tested against a brute-force loop o
 
 - The acceptance test is ``N * log(F) <= log(delta)`` (that is ``F^N <= delta``, i.e. confidence
   ``1 - F^N >= 1 - delta``), in float64 with ``log`` taken once per entry. It is the test the
-  reference-style loop ``for N in 1..max_N`` makes (:func:`required_samples_loop`). The closed
+  brute-force loop ``for N in 1..max_N`` makes (:func:`required_samples_loop`). The closed
   form gives a candidate, which is then corrected by one step either way, so floating-point
   rounding of ``log(delta) / log(F)`` can never make the two differ. (The log form is used
   rather than ``1 - F**N`` because ``pow`` may round differently between numpy's array and
@@ -127,11 +127,16 @@ def required_samples(F_s, delta, max_N: int = 64, n_min: int = 1):
 
 
 def required_samples_loop(F_s, delta, max_N: int = 64, n_min: int = 1):
-    """Reference-style solver: for each entry, loop ``N = 1..max_N`` until the confidence is met.
+    """Brute-force solver: for each entry, loop ``N = 1..max_N`` until ``F^N <= delta``.
 
-    A deliberately plain reimplementation of the reference's numeric approach, kept as the
-    oracle for :func:`required_samples` (tests, ``benchmarks/bench_bounds.py``). Same inputs and
-    outputs; one Python loop iteration per entry and per ``N``."""
+    A deliberately plain loop with the same exact acceptance test as :func:`required_samples`,
+    kept as its oracle (tests, ``benchmarks/bench_bounds.py``). Same inputs and outputs; one
+    Python loop iteration per entry and per ``N``. It is *not* the reference's rule: the reference
+    (Albertwyk/OptScale, ``find_min_N_for_threshold``) builds the density of the best of ``N`` on
+    a 1000-point grid, integrates it numerically and compares its ``delta``-quantile with ``s*``,
+    which differs from this exact test near the boundary and where its normaliser underflows
+    (``benchmarks/bench_bounds.py`` baseline 3, ``scripts/reference_agreement.py``,
+    docs/deviations_from_reference.md)."""
     F = np.asarray(F_s, dtype=float)
     d = np.asarray(delta, dtype=float)
     F, d = np.broadcast_arrays(F, d)

@@ -121,3 +121,14 @@ def test_extractor_features_are_per_sample_and_deterministic():
         assert not np.allclose(f[0], f[1])
     finally:
         ex.close()
+
+
+def test_learning_curve_rises_with_training_questions_on_a_planted_signal():
+    from optscale.scoring.probe import probe_learning_curve
+
+    feats, correct = _planted(n_q=40, d=30, signal=2.0)
+    lc = probe_learning_curve(feats, correct, train_questions=[2, 30], k=4, C=0.1, repeats=2)
+    assert list(lc["train_questions"]) == [2, 30]
+    assert lc["train_samples"].iloc[1] == 30 * 8
+    assert lc["auroc_within"].iloc[1] > lc["auroc_within"].iloc[0] + 0.03
+    assert lc["auroc_within"].iloc[1] > 0.75

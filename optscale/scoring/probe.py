@@ -48,6 +48,8 @@ __all__ = [
     "question_digest",
     "probe_head_dir",
     "score_pool_with_probe",
+    "cached_pool_features",
+    "probe_learning_curve",
     "fit_probe_head",
     "question_folds",
     "crossfit_probe_scores",
@@ -512,3 +514,61 @@ class ProbeScorer:
     def close(self) -> None:
         for ex in self.extractors.values():
             ex.close()
+
+
+def cached_pool_features(pool_name: str, dataset: str, layers: Sequence[int],
+                         question_ids: Iterable[str]) -> dict[str, np.ndarray]:
+    """The cached features of those of ``question_ids`` that have them (no model load): what a
+    time-boxed :func:`pool_features` run has extracted so far."""
+    cache = _cache_key(pool_name, dataset, layers)
+    out = {}
+    for qid in question_ids:
+        f = cache / f"{_safe(qid)}.npz"
+        if f.is_file():
+            out[qid] = np.load(f)["features"]
+    return out
+
+
+def probe_learning_curve(features: Mapping[str, np.ndarray], correct: Mapping[str, np.ndarray],
+                         train_questions: Sequence[int], k: int = 5, C: float = 0.01, seed: int = 0,
+                         repeats: int = 3) -> "Any":
+    """Held-out within-question AUROC of the probe against the number of training questions: for each
+    size m, each of the K folds is scored by a head trained on m questions drawn from the other folds
+    (``repeats`` draws). Returns a DataFrame (train_questions, train_samples, auroc_within, auroc_within_sd,
+    questions_scored), the mean over folds and draws of the per-question AUROC (questions with both a
+    correct and a wrong sample)."""
+    import pandas as pd
+
+    from ..evaluation.curves import auroc
+
+    qids = [q for q in features if q in correct]
+    folds = question_folds(qids, k, seed)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in train_questions:
+        vals = []
+        n_samples = []
+        for _ in range(repeats):
+            per_q = []
+            for fold in folds:
+                held = set(fold)
+                pool = [q for q in qids if q not in held]
+                if m > len(pool):
+                    continue
+                pick = list(rng.choice(pool, size=m, replace=False))
+                y = np.concatenate([np.asarray(correct[q], dtype=int) for q in pick])
+                if len(np.unique(y)) < 2:
+                    continue
+                head = fit_probe_head(np.concatenate([features[q] for q in pick]), y, C=C, seed=seed)
+                n_samples.append(len(y))
+                for q in fold:
+                    a = auroc(head.score(features[q]), np.asarray(correct[q], dtype=bool))
+                    if not np.isnan(a):
+                        per_q.append(a)
+            if per_q:
+                vals.append(float(np.mean(per_q)))
+        if vals:
+            rows.append({"train_questions": m, "train_samples": int(np.mean(n_samples)),
+                         "auroc_within": float(np.mean(vals)), "auroc_within_sd": float(np.std(vals)),
+                         "questions_scored": len(qids)})
+    return pd.DataFrame(rows)

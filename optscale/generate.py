@@ -124,12 +124,7 @@ def cmd_score(args) -> int:
     else:
         scorer = get_scorer(args.scorer, cfg.scoring)
     try:
-        for ds in datasets:
-            path = pool_path(cfg, ds)
-            if not path.is_file():
-                print(f"{path}: no pool yet, skipped", file=sys.stderr)
-                continue
-            questions = {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
+        for ds, path, questions in _existing_pools(cfg, datasets):
             if args.ray:
                 score_pool_ray(path, args.scorer, questions, cfg, runner=runner)
             else:
@@ -140,6 +135,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _existing_pools(cfg, datasets):
+    """(benchmark, pool path, {question id: question}) for each of ``datasets`` that has a pool yet
+    (the others are named as skipped): what a scorer needs."""
+    for ds in datasets:
+        path = pool_path(cfg, ds)
+        if not path.is_file():
+            print(f"{path}: no pool yet, skipped", file=sys.stderr)
+            continue
+        yield ds, path, {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
+
+
 def _score_with_probe(cfg, datasets, args) -> int:
     """``score --scorer probe``: features through llama.cpp (cached outside git, resumable with
     ``--hours``), then K-fold cross-fitting by question; writes ``score__probe`` and the heads
@@ -147,12 +153,7 @@ def _score_with_probe(cfg, datasets, args) -> int:
     from .scoring.probe import score_pool_with_probe
 
     rc = 0
-    for ds in datasets:
-        path = pool_path(cfg, ds)
-        if not path.is_file():
-            print(f"{path}: no pool yet, skipped", file=sys.stderr)
-            continue
-        questions = {p.id: p.question for p in load_benchmark(ds, cfg.data.data_dir)}
+    for ds, path, questions in _existing_pools(cfg, datasets):
         layers = [int(x) for x in args.probe_layers.split(",") if x.strip()] or None
         out = score_pool_with_probe(path, cfg, questions, k=args.probe_folds, layers=layers,
                                     hours=args.hours or None)

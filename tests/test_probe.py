@@ -132,3 +132,40 @@ def test_learning_curve_rises_with_training_questions_on_a_planted_signal():
     assert lc["train_samples"].iloc[1] == 30 * 8
     assert lc["auroc_within"].iloc[1] > lc["auroc_within"].iloc[0] + 0.03
     assert lc["auroc_within"].iloc[1] > 0.75
+
+
+def test_pool_scoring_writes_the_column_with_fold_metadata_and_heads_that_refuse_their_questions(
+        tmp_path, monkeypatch):
+    """score_pool_with_probe on a fake-sampler pool, features planted (no model): every sample scored
+    by a head that never saw its question; the metadata names each fold's train / scored questions;
+    the all-question head refuses a question it was trained on."""
+    import optscale.sampling.llama_cpp as llama_cpp_module
+    import optscale.scoring.probe as probe
+    from optscale.data.pools import read_pool
+
+    from test_evaluation import _fake_pool
+
+    cfg, path = _fake_pool(tmp_path, n_q=10, n=4)
+    df = read_pool(path).df
+    rng = np.random.default_rng(0)
+    planted = {q: np.c_[g.sort_values("sample_index")["correct"].to_numpy(float) + rng.normal(0, 0.5, len(g)),
+                        rng.normal(size=(len(g), 3))] for q, g in df.groupby("question_id")}
+    monkeypatch.setenv("OPTSCALE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(probe, "pool_features", lambda *a, **k: planted)
+    monkeypatch.setattr(llama_cpp_module, "resolve_gguf", lambda model: tmp_path / "model.gguf")
+    monkeypatch.setattr(probe, "_block_count", lambda p: 28)
+    questions = {f"q{i}": f"What is {i}+1?" for i in range(10)}
+    out = probe.score_pool_with_probe(path, cfg, questions, k=5, head_dir=tmp_path / "heads")
+    assert out["written"]
+    pool = read_pool(path)
+    assert "probe" in pool.scorers and not pool.df["score__probe"].isna().any()
+    folds = pool.meta["scorers"]["probe"]["folds"]
+    assert len(folds) == 5
+    assert sorted(q for f in folds for q in f["scored_question_ids"]) == sorted(questions)
+    for f in folds:
+        assert not set(f["train_question_ids"]) & set(f["scored_question_ids"])
+    head = probe.ProbeHead.load(tmp_path / "heads" / "all.npz")
+    assert sorted(head.meta["train_question_ids"]) == sorted(questions)
+    assert probe.question_digest("What is 3+1?") in head.meta["train_question_digests"]
+    for i in range(5):
+        assert (tmp_path / "heads" / f"fold{i}.npz").is_file()

@@ -396,11 +396,11 @@ def probe_head_dir(pool_name: str, dataset: str) -> Path:
 
 def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mapping[str, str], k: int = 5,
                           C: float = 0.01, layers: Sequence[int] | None = None, hours: float | None = None,
-                          seed: int = 0, write: bool = True) -> dict[str, Any]:
+                          seed: int = 0, write: bool = True, head_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Extract (or read cached) features for every sample of the pool at ``path``, cross-fit the probe
     over its questions (K folds by question id) and write ``score__probe`` with per-fold metadata; the
     fold heads and one head trained on every pool question (for questions outside the pool) are saved
-    under :func:`probe_head_dir`. With ``hours`` the extraction stops early and nothing is written
+    under :func:`probe_head_dir` (or ``head_dir``). With ``hours`` the extraction stops early and nothing is written
     until every question has features (a later run resumes). Returns a summary."""
     from ..data.pools import read_pool, write_score_column
     from ..sampling.llama_cpp import resolve_gguf
@@ -441,7 +441,7 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
             order = g.sort_values("sample_index").index
             col[df.index.get_indexer(order)] = scores[q]
         write_score_column(path, "probe", col, description)
-        out = probe_head_dir(pool_name, dataset)
+        out = Path(head_dir) if head_dir is not None else probe_head_dir(pool_name, dataset)
         for i, h in enumerate(heads):
             h.meta.update({"scored_question_ids": folds[i]["scored_question_ids"]})
             h.save(out / f"fold{i}.npz")

@@ -49,6 +49,7 @@ __all__ = [
     "probe_head_dir",
     "score_pool_with_probe",
     "cached_pool_features",
+    "cached_seconds_per_sample",
     "probe_learning_curve",
     "fit_probe_head",
     "question_folds",
@@ -426,7 +427,7 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
     scores, folds, heads = crossfit_probe_scores(feats, correct, k=k, C=C, seed=seed)
     n_blocks = _block_count(resolve_gguf(config.sampling.model))
     layers = list(layers or [n_blocks])
-    secs = _cached_seconds(pool_name, dataset, layers)
+    secs = cached_seconds_per_sample(pool_name, dataset, layers)
     description = {
         "kind": "probe",
         "what": "logistic-regression probe on the generator's hidden states (last solution token and mean "
@@ -455,7 +456,7 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
     return summary
 
 
-def _cached_seconds(pool_name: str, dataset: str, layers: Sequence[int]) -> float | None:
+def cached_seconds_per_sample(pool_name: str, dataset: str, layers: Sequence[int]) -> float | None:
     """Mean wall seconds of feature extraction per sample over the cached questions."""
     cache = _cache_key(pool_name, dataset, layers)
     tot, n = 0.0, 0

@@ -1,0 +1,52 @@
+"""Pilot evaluation of the probe verifier on the questions whose features are already cached.
+
+While ``python -m optscale.generate score --scorer probe`` is still extracting (it writes the score
+column only once every question has features), this cross-fits the probe (5 folds by question id) over
+the questions done so far and prints its within-question AUROC (bootstrap CI over questions) beside
+self-certainty's on the same questions, for three regularisation strengths, the feature-extraction
+seconds per sample, and the learning curve (held-out AUROC against the number of training questions).
+
+    python scripts/probe_pilot.py gsm8k 16        # benchmark, probed block count(s), e.g. 16 or 16,28
+"""
+
+import json
+import sys
+
+import numpy as np
+
+from optscale.config import load_config
+from optscale.data.pools import pool_path, read_pool
+from optscale.evaluation.curves import auroc_summary
+from optscale.scoring.probe import cached_pool_features, cached_seconds_per_sample, crossfit_probe_scores, probe_learning_curve
+
+
+def main(argv: list[str]) -> int:
+    ds = argv[0]
+    layers = [int(x) for x in argv[1].split(",")]
+    profile = argv[2] if len(argv) > 2 else "cpu-1.5b"
+    cfg = load_config(profile, "")
+    pool = read_pool(pool_path(cfg, ds))
+    feats = cached_pool_features(cfg.pools.pool_name, ds, layers, pool.question_ids)
+    qids = [q for q in pool.question_ids if q in feats]
+    if len(qids) < 5:
+        print(f"{ds}: features for {len(qids)} questions; need at least 5 for 5 folds", file=sys.stderr)
+        return 1
+    rows = {q: g.sort_values("sample_index") for q, g in pool.df.groupby("question_id") if q in feats}
+    correct = {q: rows[q]["correct"].to_numpy().astype(int) for q in qids}
+    Y = np.stack([correct[q] for q in qids])
+    probe = {}
+    for C in (0.001, 0.01, 0.1):
+        scores, _, _ = crossfit_probe_scores(feats, correct, k=5, C=C)
+        probe[str(C)] = auroc_summary(np.stack([scores[q] for q in qids]), Y, reps=1000)
+    sc = np.stack([rows[q]["score__self-certainty"].to_numpy() for q in qids])
+    print(json.dumps({"benchmark": ds, "layers": layers, "questions": len(qids), "samples": int(Y.size),
+                      "accuracy": float(Y.mean()), "probe_by_C": probe,
+                      "self_certainty": auroc_summary(sc, Y, reps=1000),
+                      "seconds_per_sample": cached_seconds_per_sample(cfg.pools.pool_name, ds, layers)}, indent=1))
+    sizes = sorted({2, 4, 8, 16, 32, max(2, int(len(qids) * 0.8) - 1)} & set(range(2, int(len(qids) * 0.8))))
+    print(probe_learning_curve(feats, correct, train_questions=sizes, k=5, C=0.01, repeats=3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -44,17 +44,7 @@ def _ckpt(root):
     return _pool_file(root).with_suffix(".checkpoint.jsonl")
 
 
-class DyingSampler(FakeSampler):
-    """Raises, as a backend killed mid-run, once ``die_after`` questions have been sampled."""
-
-    def __init__(self, config, die_after):
-        super().__init__(config)
-        self.die_after = die_after
-
-    def generate(self, requests):
-        if len(self.calls) >= self.die_after:
-            raise RuntimeError("backend died")
-        return super().generate(requests)
+from test_pools import DyingSampler  # noqa: E402  (a backend killed mid-run)
 
 
 def _killed_before_the_first_merge(root, n=4, questions=6, die_after=3, **extra):

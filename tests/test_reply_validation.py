@@ -43,25 +43,7 @@ REASONS = {
 CHAT_REASONS = dict(REASONS, no_text=r"no message content")
 
 
-class TemplateTok:
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return turns + "<|im_start|>assistant\n"
-
-
-@pytest.fixture
-def servers():
-    started: list[FakeOpenAIServer] = []
-
-    def make(**kw) -> FakeOpenAIServer:
-        kw.setdefault("max_wait_s", 20.0)
-        s = FakeOpenAIServer(**kw)
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.kill()
+from test_endpoint_scaling import TemplateTok, servers  # noqa: E402,F401  (the shared fake-server fixture)
 
 
 def _cfg(tmp_path=None, **over):

@@ -1,17 +1,23 @@
 """Truncated-normal prefix fits, as the OptScale policies ask for them: throughput before / after,
 and the log-likelihood (MLE) or MAP objective against a per-question scipy reference.
 
-The workload is what :func:`optscale.evaluation.replay.warm_fit_cache` hands
-:func:`optscale.theory.fits.fit_truncnorm`: for each question and sample order, the first n scores
-for n = 1..N (``optscale-seq`` fits every prefix; ``optscale-0`` / ``-t`` the one at k), as rows of
-one batched call with a mask. Scores are **simulated** (truncated normals with mu in [0.1, 1.1]
+The workload is the fits :func:`optscale.evaluation.replay.warm_fit_cache` asks for: for each
+question and sample order, the first n scores for n = 1..N (``optscale-seq`` fits every prefix;
+``optscale-0`` / ``-t`` the one at k), either as rows of one batched
+:func:`optscale.theory.fits.fit_truncnorm` call with a mask (one row per prefix) or as one row per
+order through :func:`optscale.theory.fits.fit_truncnorm_prefixes`. Scores are **simulated** (truncated normals with mu in [0.1, 1.1]
 and sigma in [0.01, 0.4], the shapes of PRM-like scores) or, with ``--pool``, the committed
 pool's real scores of one scorer. MAP uses the policies' prior: the population prior of
 ``PoolArrays.population_prior`` (medians of the per-question MLE fits to all scores), default
 prior scales (0.1, 0.1), strength 1.
 
-- "after": this checkout's ``fit_truncnorm`` (the MLE table start, then batched Newton; MAP from
-  the data moments and from the prior's side). Timed after one warm-up call, which builds the table.
+- "after, per-row batched": this checkout's ``fit_truncnorm`` on those rows (the MLE table start,
+  then batched Newton; MAP from the data moments and from the prior's side). Timed after one
+  warm-up call, which builds the table.
+- "after, prefix path": this checkout's ``fit_truncnorm_prefixes`` on one row per (question,
+  order), the scores in that order: every prefix of it at once (what ``warm_fit_cache`` does for
+  ``optscale-seq``). A prefix fit is one (row, n) fit, so fits/s compare directly; printed with
+  its objective against the per-row path's and its own scipy check.
 - "before": the same rows through ``fit_truncnorm`` of commit ``--baseline`` (default: the commit
   before the fast fit), unpacked with ``git archive`` into a temporary folder and run in a
   subprocess on the same input; skipped with a note where git or the commit is missing.
@@ -22,6 +28,24 @@ prior scales (0.1, 0.1), strength 1.
   Printed: max |loglik(ours) - loglik(scipy)| (MLE; MAP: of the objective, and of the
   log-likelihood at the optimum), with the count of rows where either side is better by > 1e-6,
   and max |our reported loglik - scipy.stats.truncnorm.logpdf summed at our estimate|.
+
+Measured 2026-12-01 under load on a shared 2-core AMD EPYC (AVX2/AVX-512), default workload
+(80,000 prefix fits), ``--check 200`` (ratios are within one run; absolute rates vary with load):
+
+    MLE  prefix path 7.7-7.9e5 fits/s, 1.23-1.27x the per-row path (6.0-6.5e5); 14.3x commit
+         8756770 (5.6e4); 1.3x the previous commit (``--baseline HEAD``, 5.9e5) in the same run
+    MAP  prefix path 1.8-2.1e5 fits/s, 1.05-1.14x the per-row path (1.7-1.8e5); 1.6x commit
+         8756770 (1.3e5); 1.2x the previous commit (1.5e5)
+    vs scipy (both paths): max |loglik difference| 9.5e-10 (MLE), max |MAP objective difference|
+         9.9e-11, none worse by > 1e-6; prefix vs per-row objective within 2e-12 on every row
+    real scores (``--pool data/pools/qwen2.5-coder-0.5b-q4_t0.7_seed0/math500.parquet``, 64
+         questions, 20,480 fits, ``--check 50``): MLE prefix path 9.7e5 fits/s, 1.34x the per-row
+         path (7.3e5); MAP 2.8e5, 1.22x (2.3e5); vs scipy within 7e-13 (MLE), 1e-11 (MAP)
+
+The goal of issue 28 item 5 (1e6 MLE prefix fits/s) is not reached: the fits are ~2.5 evaluations
+each (the start, then one or two Newton steps from the table start, which is 2e-4 off at the
+median, 2e-3 at the 90th percentile), and cProfile of 32,000 prefix fits puts a third of the time
+in the batched Newton's own numpy code and a third in the evaluations (``ndtr`` / ``erfcx``).
 
     nice -n 19 python benchmarks/bench_fits.py [--questions 250] [--orders 20] [--n 16]
         [--pool data/pools/<set>/math500.parquet --scorer self-certainty] [--check 400] [--threads 1]
@@ -41,7 +65,7 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize, stats
 
-from optscale.theory.fits import MU_BOUNDS, SIGMA_BOUNDS, fit_truncnorm
+from optscale.theory.fits import MU_BOUNDS, SIGMA_BOUNDS, fit_truncnorm, fit_truncnorm_prefixes
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_COMMIT = "8756770"  # the last commit before the fast fit (issue 28 item 5)
@@ -72,28 +96,34 @@ def pool_scores(path: str, scorer: str, n: int) -> np.ndarray:
     return s
 
 
-def prefix_rows(scores: np.ndarray, orders: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def prefix_rows(scores: np.ndarray, orders: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows ``X`` (R, n) and mask ``M``: every prefix 1..n of every question under ``orders``
-    seeded orders (order 0 the pool's own), R = questions x orders x n."""
+    seeded orders (order 0 the pool's own), R = questions x orders x n, ordered (order, prefix,
+    question). Also the ordered scores ``C`` (questions x orders, n), ordered (order, question), the
+    input of the prefix path, and ``at`` (questions x orders, n): the row of ``X`` holding prefix
+    ``j + 1`` of row ``i`` of ``C`` is ``at[i, j]``."""
     q, n = scores.shape
-    xs, ms = [], []
+    xs, ms, cs = [], [], []
     for o in range(orders):
         perm = np.tile(np.arange(n), (q, 1)) if o == 0 else np.argsort(rng.random((q, n)), axis=1)
         xo = np.take_along_axis(scores, perm, axis=1)
+        cs.append(xo)
         for k in range(1, n + 1):
             m = np.zeros((q, n), dtype=bool)
             m[:, :k] = True
             xs.append(np.where(m, xo, 0.0))
             ms.append(m)
-    return np.concatenate(xs), np.concatenate(ms)
+    o_idx, q_idx = np.divmod(np.arange(orders * q), q)
+    at = (o_idx[:, None] * n + np.arange(n)[None, :]) * q + q_idx[:, None]
+    return np.concatenate(xs), np.concatenate(ms), np.concatenate(cs), at
 
 
-def timed_fit(X, M, prior, threads: int, repeat: int):
-    """``fit_truncnorm`` on all rows (split over ``threads`` threads), the fastest of ``repeat``
-    runs; returns (seconds, mu, sigma, loglik, objective) with objective = -logpost for MAP,
-    -loglik for MLE."""
+def timed_fit(X, M, prior, threads: int, repeat: int, fit=fit_truncnorm):
+    """``fit`` (``fit_truncnorm``, or ``fit_truncnorm_prefixes`` on the ordered scores) on all rows
+    (split over ``threads`` threads), the fastest of ``repeat`` runs; returns (seconds, mu, sigma,
+    loglik, objective) with objective = -logpost for MAP, -loglik for MLE."""
     def run(sl):
-        r = fit_truncnorm(X[sl], mask=M[sl], prior=prior)
+        r = fit(X[sl], mask=None if M is None else M[sl], prior=prior)
         obj = -(r.logpost if prior is not None else r.loglik)
         return r.mu, r.sigma, r.loglik, obj
 
@@ -172,13 +202,22 @@ def scipy_fit(x: np.ndarray, prior) -> tuple[np.ndarray, float]:
     return best.x, float(best.fun)
 
 
-def check_against_scipy(X, M, prior, mu, sigma, obj, loglik, rows) -> str:
-    ref_obj, ref_ll, ll_scipy_at_ours = [], [], []
+def scipy_reference(X, M, prior, rows) -> tuple[np.ndarray, np.ndarray]:
+    """The scipy objective and log-likelihood at its optimum of each of ``rows``."""
+    ref_obj, ref_ll = [], []
     for i in rows:
         x = X[i][M[i]]
         p, f = scipy_fit(x, prior)
         ref_obj.append(f)
         ref_ll.append(stats.truncnorm.logpdf(x, -p[0] / p[1], (1 - p[0]) / p[1], loc=p[0], scale=p[1]).sum())
+    return np.array(ref_obj), np.array(ref_ll)
+
+
+def check_against_scipy(X, M, prior, mu, sigma, obj, loglik, rows, ref) -> str:
+    ref_obj, ref_ll = ref
+    ll_scipy_at_ours = []
+    for i in rows:
+        x = X[i][M[i]]
         ll_scipy_at_ours.append(stats.truncnorm.logpdf(x, -mu[i] / sigma[i], (1 - mu[i]) / sigma[i],
                                                        loc=mu[i], scale=sigma[i]).sum())
     d_obj = obj[rows] - np.array(ref_obj)  # > 0: ours worse
@@ -215,7 +254,7 @@ def main() -> None:
     else:
         scores = simulated_scores(a.questions, a.n, rng)
         source = "simulated truncated-normal scores"
-    X, M = prefix_rows(scores, a.orders, rng)
+    X, M, C, at = prefix_rows(scores, a.orders, rng)
     full = fit_truncnorm(scores)
     prior = (float(np.median(full.mu)), float(np.median(full.sigma)))
     print(f"{source}: {scores.shape[0]} questions x {a.orders} orders x prefixes 1..{a.n} = {X.shape[0]} fits "
@@ -224,9 +263,22 @@ def main() -> None:
     for name, pr in (("MLE (optscale-0)", None), (f"MAP (optscale-t/-seq), population prior "
                                                    f"({prior[0]:.3f}, {prior[1]:.3f})", prior)):
         fit_truncnorm(X[:64], mask=M[:64], prior=pr)  # warm-up: builds the MLE table
+        fit_truncnorm_prefixes(C[:8], prior=pr)
         dt, mu, sigma, loglik, obj = timed_fit(X, M, pr, a.threads, a.repeat)
+        # the prefix path: one row of ordered scores per (question, order), every prefix at once
+        pdt, *pfit = timed_fit(C, None, pr, a.threads, a.repeat, fit=fit_truncnorm_prefixes)
+        pmu, psig, pll, pobj = (np.empty(X.shape[0]) for _ in range(4))
+        for dst, src in zip((pmu, psig, pll, pobj), pfit):
+            dst[at.ravel()] = src.ravel()
         print(f"{name}:")
-        print(f"  after:  {dt:.3f} s, {X.shape[0] / dt:.3g} fits/s (best of {a.repeat})")
+        print(f"  after, per-row batched (fit_truncnorm, one masked row per prefix): {dt:.3f} s, "
+              f"{X.shape[0] / dt:.3g} fits/s (best of {a.repeat})")
+        print(f"  after, prefix path (fit_truncnorm_prefixes, one row per order): {pdt:.3f} s, "
+              f"{X.shape[0] / pdt:.3g} fits/s; {dt / pdt:.2f}x the per-row batched path")
+        dp = pobj - obj
+        print(f"  objective prefix path - per-row batched: max {dp.max():.2e}, min {dp.min():.2e} (prefix worse by "
+              f"> 1e-6 on {(dp > 1e-6).sum()} rows, better on {(dp < -1e-6).sum()}); max |mu difference| "
+              f"{np.abs(pmu - mu).max():.2e}")
         base = baseline_fit(X, M, pr, a.baseline, a.repeat)
         if isinstance(base, str):
             print(f"  before: {base}")
@@ -234,11 +286,15 @@ def main() -> None:
             bdt, bmu, bsig, bll, bobj = base
             worse = obj - bobj
             print(f"  before: {bdt:.3f} s, {X.shape[0] / bdt:.3g} fits/s (commit {a.baseline}, 1 thread, "
-                  f"best of {a.repeat}); speed-up {bdt / dt:.1f}x")
-            print(f"  objective after - before: max {worse.max():.2e} (after worse by > 1e-6 on {(worse > 1e-6).sum()} "
-                  f"rows), min {worse.min():.2e} (after better by > 1e-6 on {(worse < -1e-6).sum()})")
-        print(check_against_scipy(X, M, pr, mu, sigma, obj, loglik, check_rows))
-
+                  f"best of {a.repeat}); speed-up {bdt / dt:.1f}x per-row batched, {bdt / pdt:.1f}x prefix path")
+            print(f"  objective after (per-row batched) - before: max {worse.max():.2e} (after worse by > 1e-6 on "
+                  f"{(worse > 1e-6).sum()} rows), min {worse.min():.2e} (after better by > 1e-6 on "
+                  f"{(worse < -1e-6).sum()})")
+        ref = scipy_reference(X, M, pr, check_rows)
+        print("  per-row batched path:")
+        print(check_against_scipy(X, M, pr, mu, sigma, obj, loglik, check_rows, ref))
+        print("  prefix path:")
+        print(check_against_scipy(X, M, pr, pmu, psig, pobj, pll, check_rows, ref))
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,8 @@ import pytest
 from scipy import optimize, stats
 
 from optscale.theory.bounds import n_star
-from optscale.theory.fits import FITS, fit_truncnorm, goodness_of_fit, ks_statistic, truncnorm_from_moments
+from optscale.theory.fits import (FITS, fit_truncnorm, fit_truncnorm_prefixes, goodness_of_fit, ks_statistic,
+                                  truncnorm_from_moments)
 from optscale.theory.truncnorm import FitError, truncnorm_cdf, truncnorm_logpdf, truncnorm_moments, truncnorm_ppf
 from optscale.theory.families import fit_family
 
@@ -267,3 +268,93 @@ def test_batched_fit_equals_single_fits():
             one = fit_truncnorm(x[i][m[i]], prior=prior)
             assert np.isclose(batch.mu[i], one.mu, rtol=0, atol=1e-12)
             assert np.isclose(batch.sigma[i], one.sigma, rtol=0, atol=1e-12)
+
+
+def _prefix_rows():
+    """Rows for the prefix fits: simulated, saturated at 1 and 0, all-equal, at the bounds, and
+    NaN-padded (shorter rows)."""
+    rng = np.random.default_rng(21)
+    x = _sample(rng.uniform(0.1, 1.1, 8), np.exp(rng.uniform(np.log(0.01), np.log(0.4), 8)), 9, seed=22)
+    sat = 1 - np.clip(np.abs(rng.normal(0, 1e-3, (2, 9))), 0, 1)
+    rows = np.vstack([x, sat, 1 - sat, np.full((1, 9), 0.73), np.zeros((1, 9)), np.ones((1, 9)),
+                      [[0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 0.0]], x[:3]])
+    rows[-3, 4:] = rows[-2, 7:] = rows[-1, 1:] = np.nan  # NaN tails of lengths 4, 7 and 1
+    return rows
+
+
+@pytest.mark.parametrize("prior", [None, (0.357, 0.189), (np.linspace(0.2, 0.9, 19), 0.05, 0.3, 0.05)])
+def test_prefix_fits_equal_independent_fits_of_each_prefix(prior):
+    rows = _prefix_rows()
+    mask = ~np.isnan(rows)
+    res = fit_truncnorm_prefixes(rows, mask=mask, prior=prior)
+    assert res.mu.shape == res.loglik.shape == res.converged.shape == rows.shape
+    for r in range(rows.shape[0]):
+        pr = None if prior is None else tuple(np.broadcast_to(v, rows.shape[0])[r] for v in prior)
+        for j in range(rows.shape[1]):
+            if not mask[r, j]:
+                assert np.isnan(res.mu[r, j]) and np.isnan(res.loglik[r, j]) and res.n[r, j] == 0
+                assert not res.converged[r, j]
+                continue
+            one = fit_truncnorm(rows[r, : j + 1], prior=pr)
+            assert res.n[r, j] == j + 1 and res.converged[r, j] == one.converged
+            assert np.isclose(res.mu[r, j], one.mu, rtol=0, atol=1e-6), (r, j)
+            assert np.isclose(res.sigma[r, j], one.sigma, rtol=1e-6, atol=0), (r, j)
+            assert abs(res.loglik[r, j] - one.loglik) <= 1e-6, (r, j)
+            assert res.degenerate[r, j] == one.degenerate and res.at_bound[r, j] == one.at_bound
+            if prior is not None:
+                assert abs(res.logpost[r, j] - one.logpost) <= 1e-6, (r, j)
+            # the reported log-likelihood is the data's at the estimate
+            ll = truncnorm_logpdf(rows[r, : j + 1], res.mu[r, j], res.sigma[r, j]).sum()
+            assert np.isclose(res.loglik[r, j], ll, rtol=0, atol=1e-8), (r, j)
+
+
+def test_prefix_fits_of_one_row_and_bad_masks():
+    x = np.array([0.4, 0.4, 0.55, 1.0, 0.0])
+    one = fit_truncnorm_prefixes(x)
+    assert one.mu.shape == (5,) and np.array_equal(one.n, [1, 2, 3, 4, 5])
+    assert list(one.degenerate) == [True, True, False, False, False]
+    assert np.isclose(one.mu[0], 0.4) and np.isclose(one.sigma[0], 1e-3)  # n = 1: sigma at its bound
+    assert np.isclose(one.loglik[-1], fit_truncnorm(x).loglik, rtol=0, atol=1e-9)
+    with pytest.raises(FitError, match="mask of row 0 is not a prefix"):
+        fit_truncnorm_prefixes(x, mask=np.array([True, False, True, True, True]))
+    with pytest.raises(FitError, match="position 2"):
+        fit_truncnorm_prefixes(np.array([[0.1, 0.2, np.nan]]))
+    with pytest.raises(FitError, match="outside"):
+        fit_truncnorm_prefixes(np.array([[0.1, 1.2]]))
+
+
+@pytest.mark.parametrize("name,kw", [("optscale-seq", {"use_prior": False}), ("optscale-seq", {"prior_strength": 3.0}),
+                                     ("optscale-0", {"k": 4})])
+def test_warm_fit_cache_fits_equal_independent_fits_of_each_prefix(name, kw):
+    # warm_fit_cache fits whole orders with fit_truncnorm_prefixes (optscale-seq) or one masked row
+    # per prefix (optscale-0); either way each cached fit must be that sample set's own fit.
+    from optscale.data.pools import replay_orders
+    from optscale.evaluation.replay import PoolArrays, warm_fit_cache
+    from optscale.policies import make_policy
+    from optscale.policies.score_distribution import fit_key
+
+    rng = np.random.default_rng(31)
+    Q, n = 5, 7
+    scores = np.vstack([_sample(rng.uniform(0.2, 1.0, Q - 2), rng.uniform(0.02, 0.3, Q - 2), n, seed=32),
+                        np.full((1, n), 0.8), [[1.0, 1.0, 0.999, 1.0, 0.0, 1.0, 1.0]]])
+    correct = rng.random((Q, n)) < 0.5
+    classes = np.where(correct, 0, 1)
+    data = PoolArrays("toy", np.array([f"q{i}" for i in range(Q)], object), scores, correct,
+                      rng.integers(5, 50, (Q, n)).astype(float), classes, classes.astype(str).astype(object))
+    pol = make_policy(name, target=0.7, delta=0.1, **kw)
+    pol.population_prior = (0.6, 0.15)
+    orders = replay_orders(Q, n, 3, seed=33)
+    caches = [dict() for _ in range(Q)]
+    made = warm_fit_cache(pol, data, orders, n, caches)
+    strength = float(pol.params.get("prior_strength", 1.0))
+    expected = 0
+    for q in range(Q):
+        prior = pol.prior_for(None)
+        keys = {fit_key(prior, strength, orders[o, q, :k]): orders[o, q, :k]
+                for o in range(3) for k in pol.fit_prefixes(n)}
+        expected += len(keys)
+        for key, idx in keys.items():
+            one = fit_truncnorm(scores[q, idx], prior=prior, prior_strength=strength)
+            mu, sigma = caches[q][key]
+            assert np.isclose(mu, one.mu, rtol=0, atol=1e-6) and np.isclose(sigma, one.sigma, rtol=1e-6, atol=0)
+    assert made == expected

@@ -227,43 +227,58 @@ class _Fit(tuple):
 def warm_fit_cache(policy: Policy, data: PoolArrays, orders: np.ndarray, max_N: int, caches: list[dict],
                    chunk: int = 20000) -> int:
     """Fill the per-question fit caches with every fit ``policy`` will ask for during a replay
-    (prefixes ``policy.fit_prefixes(max_N)`` of every order), in batched
-    :func:`optscale.theory.fits.fit_truncnorm` calls. Returns the number of new fits."""
-    from ..theory.fits import fit_truncnorm
+    (prefixes ``policy.fit_prefixes(max_N)`` of every order), in batched fits. A policy that fits
+    most prefixes 1..n (``optscale-seq``) has each order's first n scores fitted at once by
+    :func:`optscale.theory.fits.fit_truncnorm_prefixes` (running sufficient statistics); one
+    that fits a few prefixes (``optscale-0`` / ``-t``: the one at k) has each prefix fitted as a
+    masked row of :func:`optscale.theory.fits.fit_truncnorm`. Returns the number of new fits."""
+    from ..theory.fits import fit_truncnorm, fit_truncnorm_prefixes
     from ..policies.score_distribution import fit_key
 
     ns = [n for n in policy.fit_prefixes(max_N) if 1 <= n <= max_N] if hasattr(policy, "fit_prefixes") else []
     if not ns:
         return 0
     strength = float(policy.params.get("prior_strength", 1.0))
-    todo: dict[tuple, list] = {}  # prior arity group -> rows
+    n_top = max(ns)
+    by_prefix = 2 * len(ns) >= n_top  # most prefixes 1..n_top are asked for: fit whole orders
+    todo: dict[tuple, list] = {}  # prior arity group -> rows: (question, [(key, n)], indices, prior)
     for q in range(data.n_questions):
         qprior = policy.prior_for(tuple(data.prior[q]) if data.prior is not None else None)
+        group = None if qprior is None else len(qprior)
         seen = set()
         for o in range(orders.shape[0]):
+            new = []
             for n in ns:
                 idx = orders[o, q, :n]
                 key = fit_key(qprior, strength, idx)
                 if key in caches[q] or key in seen:
                     continue
                 seen.add(key)
-                group = None if qprior is None else len(qprior)
-                todo.setdefault(group, []).append((q, key, idx, qprior))
+                if by_prefix:
+                    new.append((key, n))
+                else:
+                    todo.setdefault(group, []).append((q, [(key, n)], idx, qprior))
+            if new:
+                todo.setdefault(group, []).append((q, new, orders[o, q, :n_top], qprior))
     total = 0
+    width = n_top if by_prefix else max_N
     for group, rows in todo.items():
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            X = np.zeros((len(part), max_N))
-            M = np.zeros((len(part), max_N), dtype=bool)
+        step = max(1, chunk // n_top) if by_prefix else chunk
+        for start in range(0, len(rows), step):
+            part = rows[start:start + step]
+            X = np.zeros((len(part), width))
+            M = np.zeros((len(part), width), dtype=bool)
             for r, (q, _, idx, _) in enumerate(part):
                 X[r, :len(idx)] = data.scores[q, idx]
                 M[r, :len(idx)] = True
             prior = None if group is None else tuple(np.array([p[3][j] for p in part]) for j in range(group))
-            fit = fit_truncnorm(X, prior=prior, prior_strength=strength, mask=M) if prior is not None \
-                else fit_truncnorm(X, mask=M)
-            for r, (q, key, _, _) in enumerate(part):
-                caches[q][key] = _Fit((float(fit.mu[r]), float(fit.sigma[r])))
-            total += len(part)
+            kw = {} if prior is None else {"prior": prior, "prior_strength": strength}
+            fit = (fit_truncnorm_prefixes if by_prefix else fit_truncnorm)(X, mask=M, **kw)
+            for r, (q, keys, _, _) in enumerate(part):
+                for key, n in keys:
+                    at = (r, n - 1) if by_prefix else r
+                    caches[q][key] = _Fit((float(fit.mu[at]), float(fit.sigma[at])))
+                total += len(keys)
     # N* for this policy's (target, delta) of every prefix, in one vectorized bound call
     if hasattr(policy, "target") and hasattr(policy, "delta"):
         from ..theory.bounds import n_star

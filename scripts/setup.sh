@@ -39,7 +39,7 @@ import sys, importlib.util
 from pathlib import Path
 spec = importlib.util.find_spec("optscale")
 ok = spec is not None and Path(spec.origin).resolve().parent.parent == Path(sys.argv[1]).resolve()
-ok = ok and all(importlib.util.find_spec(m) is not None for m in ("torch", "papermill", "math_verify", "sklearn"))
+ok = ok and all(importlib.util.find_spec(m) is not None for m in ("torch", "papermill", "nbconvert", "math_verify", "sklearn"))
 sys.exit(0 if ok else 1)
 PY
   then return 0; fi

@@ -72,14 +72,14 @@ class _Links(HTMLParser):
                 self.targets.append(v)
 
 
-def _local_targets(page: Path) -> list[str]:
+def local_targets(page: Path) -> list[str]:
     p = _Links()
     p.feed(page.read_text(encoding="utf-8"))
     return [t for t in p.targets if not t.startswith("#")]
 
 
-def _assert_links_resolve(page: Path):
-    targets = _local_targets(page)
+def assert_links_resolve(page: Path):
+    targets = local_targets(page)
     assert targets
     for t in targets:
         u = urlparse(t)
@@ -102,10 +102,10 @@ def test_page_links_every_output_relatively(tmp_path):
     assert "first 30 of 100 rows" in text and 'href="tables/policies.csv"' in text
     assert "0123456789abcdef-dirty" in text and "Test CPU" in text and "auto -&gt; float32" in text
     assert str(tmp_path) not in text  # nothing absolute
-    _assert_links_resolve(page)
+    assert_links_resolve(page)
     copy = tmp_path / "elsewhere" / "run"
     shutil.copytree(run, copy)
-    _assert_links_resolve(copy / "index.html")
+    assert_links_resolve(copy / "index.html")
 
 
 def test_short_tables_are_whole_and_an_empty_run_says_so(tmp_path):

@@ -614,6 +614,24 @@ def _fit_truncnorm_stats(n, mean, ss, prior=None, prior_strength=1.0, mu_bounds=
     return mu, sig, nll, logprior, ok, at_bound, info
 
 
+def _check_prior_strength(prior_strength) -> float:
+    if prior_strength < 0 or not np.isfinite(prior_strength):
+        raise FitError(f"prior_strength must be finite and >= 0, got {prior_strength}")
+    return float(prior_strength)
+
+
+def _truncnorm_result(single, mu, sig, loglik, ok, n, deg, at_bound, logprior, pr, info, prior_strength,
+                      mu_bounds, sigma_bounds, optimizer: str) -> FitResult:
+    """The :class:`FitResult` of :func:`fit_truncnorm` / :func:`fit_truncnorm_prefixes`."""
+    out = _squeeze(single, mu, sig, loglik, ok, n, deg, at_bound, loglik + logprior)
+    return FitResult("truncnorm", {"mu": out[0], "sigma": out[1]}, out[2], out[3], out[4], 2, out[5], out[6],
+                     logpost=out[7] if pr is not None else None,
+                     info={"optimizer": optimizer, "iterations": info["iterations"],
+                           "map_from_prior": info.get("from_prior", 0),
+                           "mu_bounds": tuple(mu_bounds), "sigma_bounds": tuple(sigma_bounds),
+                           "prior_strength": float(prior_strength) if pr is not None else 0.0})
+
+
 def fit_truncnorm(scores, prior=None, prior_strength: float = 1.0, mask=None,
                   mu_bounds: tuple[float, float] = MU_BOUNDS,
                   sigma_bounds: tuple[float, float] = SIGMA_BOUNDS) -> FitResult:
@@ -630,21 +648,15 @@ def fit_truncnorm(scores, prior=None, prior_strength: float = 1.0, mask=None,
     if pr is None and (n == 0).any():
         raise FitError(f"question {int(np.argwhere(n == 0)[0][0])} has no usable score (MLE needs >= 1; "
                        "pass a prior for a MAP fit)")
-    if prior_strength < 0 or not np.isfinite(prior_strength):
-        raise FitError(f"prior_strength must be finite and >= 0, got {prior_strength}")
+    _check_prior_strength(prior_strength)
     mean = (x * m).sum(axis=1) / np.maximum(n, 1)
     ss = (((x - mean[:, None]) * m) ** 2).sum(axis=1)
     mu, sig, nll, logprior, ok, at_bound, info = _fit_truncnorm_stats(
         n, mean, ss, pr, prior_strength, tuple(mu_bounds), tuple(sigma_bounds))
     deg = _degenerate(x, m)
-    out = _squeeze(single, mu, sig, -nll, ok, n, deg, at_bound, -nll + logprior)
-    return FitResult("truncnorm", {"mu": out[0], "sigma": out[1]}, out[2], out[3], out[4], 2, out[5], out[6],
-                     logpost=out[7] if pr is not None else None,
-                     info={"optimizer": "batched projected Newton (analytic Hessian; MLE table start; MAP from "
-                                        "the data moments and the prior's side)", "iterations": info["iterations"],
-                           "map_from_prior": info.get("from_prior", 0),
-                           "mu_bounds": tuple(mu_bounds), "sigma_bounds": tuple(sigma_bounds),
-                           "prior_strength": float(prior_strength) if pr is not None else 0.0})
+    return _truncnorm_result(single, mu, sig, -nll, ok, n, deg, at_bound, logprior, pr, info, prior_strength,
+                             mu_bounds, sigma_bounds, "batched projected Newton (analytic Hessian; MLE table "
+                             "start; MAP from the data moments and the prior's side)")
 
 
 def fit_truncnorm_prefixes(scores, prior=None, prior_strength: float = 1.0, mask=None,
@@ -677,9 +689,7 @@ def fit_truncnorm_prefixes(scores, prior=None, prior_strength: float = 1.0, mask
         raise FitError(f"mask of row {r} is not a prefix (True, then False): position {j} is "
                        f"{'used after an unused one' if m[r, j] else 'unused before a used one'}")
     pr = _parse_prior(prior, R)
-    if prior_strength < 0 or not np.isfinite(prior_strength):
-        raise FitError(f"prior_strength must be finite and >= 0, got {prior_strength}")
-    lam = float(prior_strength)
+    lam = _check_prior_strength(prior_strength)
     # running mean and sum of squared deviations of every prefix (Welford)
     mean = np.empty((R, N))
     ss = np.empty((R, N))
@@ -714,15 +724,10 @@ def fit_truncnorm_prefixes(scores, prior=None, prior_strength: float = 1.0, mask
     loglik = -nll
     n_used = np.where(valid, nn, 0.0)
     deg = deg & valid | ~valid
-    res = _squeeze(single, mu, sig, loglik, ok, n_used, deg, at_bound, loglik + logprior)
-    return FitResult("truncnorm", {"mu": res[0], "sigma": res[1]}, res[2], res[3], res[4], 2, res[5], res[6],
-                     logpost=res[7] if pr is not None else None,
-                     info={"optimizer": "batched projected Newton on running sufficient statistics (all prefixes "
-                                        "in one batch; MLE table start; MAP from the data moments and the "
-                                        "prior's side)", "iterations": info["iterations"],
-                           "map_from_prior": info.get("from_prior", 0), "mu_bounds": tuple(mu_bounds),
-                           "sigma_bounds": tuple(sigma_bounds),
-                           "prior_strength": float(prior_strength) if pr is not None else 0.0})
+    return _truncnorm_result(single, mu, sig, loglik, ok, n_used, deg, at_bound, logprior, pr, info, prior_strength,
+                             mu_bounds, sigma_bounds, "batched projected Newton on running sufficient statistics "
+                             "(all prefixes in one batch; MLE table start; MAP from the data moments and the "
+                             "prior's side)")
 
 
 def truncnorm_from_moments(mean, std, mu_bounds=MU_BOUNDS, sigma_bounds=SIGMA_BOUNDS):

@@ -8,6 +8,8 @@ that every image the README shows is a file of the repository."""
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,18 @@ def test_reference_keeps_its_console_transcript(name):
     assert "bash run_all.sh took" in text
     for nb in NOTEBOOKS:
         assert f"== {nb}" in text
+
+
+def test_no_reference_file_is_git_ignored():
+    """A link that resolves here must resolve in a clean clone too: no file of the reference run (nor a
+    README image) may be one that .gitignore keeps out of the repository (the logs once were)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", readme)
+    files = [str(p.relative_to(ROOT)) for p in REFERENCE.rglob("*") if p.is_file()] + images
+    out = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, input="\n".join(files),
+                         capture_output=True, text=True)
+    assert out.returncode in (0, 1), out.stderr  # 1: none ignored
+    ignored = out.stdout.split()
+    assert not ignored, f"git ignores {len(ignored)} reference file(s), e.g. {ignored[:3]}: fix .gitignore"

@@ -141,21 +141,18 @@ def _mills_fast(a, b):
     ``sqrt(2/pi) / (X(near) - e^-D X(far))`` (and ``e^-D`` times it) keep full relative
     precision even 1000 sigma out, where the log-space form of :func:`_mills` loses ~1e-10."""
     lower = b < 0  # [a, b] in the lower tail: mirror z -> -z
-    tail = lower | (a > 0)
-    ra = np.empty_like(a)
-    rb = np.empty_like(a)
-    logz = np.empty_like(a)
-    mid = ~tail
-    if mid.all():
-        z = special.ndtr(b) - special.ndtr(a)
-        return (np.exp(-0.5 * a * a - _LOG_SQRT_2PI) / z, np.exp(-0.5 * b * b - _LOG_SQRT_2PI) / z, np.log(z))
-    if mid.any():
-        am, bm = a[mid], b[mid]
-        z = special.ndtr(bm) - special.ndtr(am)
-        ra[mid] = np.exp(-0.5 * am * am - _LOG_SQRT_2PI) / z
-        rb[mid] = np.exp(-0.5 * bm * bm - _LOG_SQRT_2PI) / z
-        logz[mid] = np.log(z)
-    at, bt, lt = a[tail], b[tail], lower[tail]
+    tail = np.flatnonzero(lower | (a > 0))
+    if tail.size == a.size:
+        ra, rb, logz = np.empty_like(a), np.empty_like(a), np.empty_like(a)
+    else:  # the form for [a, b] holding 0 on every row (cheaper than gathering those rows), the tails redone below
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = special.ndtr(b) - special.ndtr(a)
+            ra = np.exp(-0.5 * a * a - _LOG_SQRT_2PI) / z
+            rb = np.exp(-0.5 * b * b - _LOG_SQRT_2PI) / z
+            logz = np.log(z)
+        if tail.size == 0:
+            return ra, rb, logz
+    at, bt, lt = a.take(tail), b.take(tail), lower.take(tail)
     near = np.where(lt, -bt, at)
     far = np.where(lt, -at, bt)
     decay = np.exp(-0.5 * (far - near) * (far + near))
@@ -189,16 +186,19 @@ def _tn_nll_derivs(mu, log_sigma, n, mean, ss):
     b = (1.0 - mu) * inv
     ra, rb, logz = _mills_fast(a, b)
     dm = (mean - mu) * inv  # (mean - mu) / sigma
+    n_inv = n * inv
     q2 = ss * inv * inv + n * dm * dm  # sum (x - mu)^2 / sigma^2
     nll = 0.5 * q2 + n * (log_sigma + _LOG_SQRT_2PI + logz)
     aa, bb = a * ra, b * rb
     d = ra - rb
     e = aa - bb
-    f = a * aa - b * bb
-    g = a * a * aa - b * b * bb
-    g_mu = n * inv * (d - dm)
-    g_ls = n * (1.0 + e) - q2
-    h_mm = n * inv * inv * (1.0 + e - d * d)
-    h_ms = n * inv * (2.0 * dm + f - d - e * d)
+    e1 = 1.0 + e
+    a2, b2 = a * aa, b * bb
+    f = a2 - b2
+    g = a * a2 - b * b2
+    g_mu = n_inv * (d - dm)
+    g_ls = n * e1 - q2
+    h_mm = n_inv * inv * (e1 - d * d)
+    h_ms = n_inv * (2.0 * dm + f - d - e * d)
     h_ss = 2.0 * q2 + n * (g - e - e * e)
     return nll, g_mu, g_ls, h_mm, h_ms, h_ss

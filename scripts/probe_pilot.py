@@ -17,7 +17,7 @@ import numpy as np
 from optscale.config import load_config
 from optscale.data.pools import pool_path, read_pool
 from optscale.evaluation.curves import auroc_summary
-from optscale.scoring.probe import cached_pool_features, cached_seconds_per_sample, crossfit_probe_scores, probe_learning_curve
+from optscale.scoring.probe import cached_extraction_timing, cached_pool_features, cached_seconds_per_sample, crossfit_probe_scores, probe_learning_curve
 
 
 def main(argv: list[str]) -> int:
@@ -42,8 +42,9 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"benchmark": ds, "layers": layers, "questions": len(qids), "samples": int(Y.size),
                       "accuracy": float(Y.mean()), "probe_by_C": probe,
                       "self_certainty": auroc_summary(sc, Y, reps=1000),
-                      "seconds_per_sample": cached_seconds_per_sample(cfg.pools.pool_name, ds, layers)}, indent=1))
-    sizes = sorted({2, 4, 8, 16, 32, max(2, int(len(qids) * 0.8) - 1)} & set(range(2, int(len(qids) * 0.8))))
+                      "seconds_per_sample": cached_seconds_per_sample(cfg.pools.pool_name, ds, layers),
+                      "extraction_timing": cached_extraction_timing(cfg.pools.pool_name, ds, layers)}, indent=1))
+    sizes = sorted({2, 4, 8, 16, 32, 64, max(2, int(len(qids) * 0.8) - 1)} & set(range(2, int(len(qids) * 0.8))))
     print(probe_learning_curve(feats, correct, train_questions=sizes, k=5, C=0.01, repeats=3).to_string())
     return 0
 

@@ -169,3 +169,36 @@ def test_pool_scoring_writes_the_column_with_fold_metadata_and_heads_that_refuse
     assert probe.question_digest("What is 3+1?") in head.meta["train_question_digests"]
     for i in range(5):
         assert (tmp_path / "heads" / f"fold{i}.npz").is_file()
+
+
+@pytest.mark.slow
+def test_pool_features_cache_per_question_with_their_timing_and_resume(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (bash scripts/setup.sh llama-cpp)")
+    import pandas as pd
+
+    from optscale.config import load_config
+    from optscale.scoring import probe
+
+    monkeypatch.setenv("OPTSCALE_CACHE", str(tmp_path))
+    sampling = load_config("smoke").sampling  # the 0.5B GGUF
+    df = pd.DataFrame({"question_id": ["a", "a", "b", "b", "c"], "sample_index": [1, 0, 0, 1, 0],
+                       "text": [" 2 + 3 = 6.", " 2 + 3 = 5.", " 7 - 4 = 3.", " 7 - 4 = 2.", " 9 / 3 = 3."]})
+    questions = {"a": "What is 2 + 3?", "b": "What is 7 - 4?", "c": "What is 9 / 3?"}
+    part = probe.pool_features(df, questions, sampling, "tiny", "gsm8k", layers=[2], n_threads=1,
+                               question_ids=["a", "c"], progress=False)
+    assert set(part) == {"a", "c"} and part["a"].shape[0] == 2 and part["c"].shape[0] == 1
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert len(files) == 2 and not list(tmp_path.rglob("*.tmp.npz"))
+    z = np.load(next(f for f in files if f.name.endswith("_a.npz")))
+    assert list(z["sample_index"]) == [0, 1] and int(z["n_threads"]) == 1 and int(z["n_tokens"]) > 0
+    timing = probe.cached_extraction_timing("tiny", "gsm8k", [2])
+    g = timing["by_threads"]["1"]
+    assert set(timing["by_threads"]) == {"1"} and g["questions"] == 2 and g["samples"] == 3 and g["tokens"] > 0
+    assert timing["core_seconds_per_sample"] == pytest.approx(g["seconds"] / 3)
+    # a later call extracts only what is missing: "b"; "a" and "c" come from the cache unchanged
+    full = probe.pool_features(df, questions, sampling, "tiny", "gsm8k", layers=[2], n_threads=1, progress=False)
+    assert set(full) == set(questions) and len(list(tmp_path.rglob("*.npz"))) == 3
+    np.testing.assert_array_equal(full["a"], part["a"])
+    monkeypatch.setattr(probe, "truncated_gguf", lambda *a, **k: (_ for _ in ()).throw(AssertionError("extracted")))
+    again = probe.pool_features(df, questions, sampling, "tiny", "gsm8k", layers=[2], progress=False)
+    np.testing.assert_array_equal(again["b"], full["b"])

@@ -4,7 +4,9 @@
 ``optscale report outputs/<run>``) writes it again. The page links, with relative links only (so
 it works when the folder is copied or committed):
 
-- every executed notebook of ``notebooks/``, rendered to HTML with nbconvert beside it in ``html/``;
+- every executed notebook of ``notebooks/``, rendered to HTML with nbconvert beside it in ``html/``
+  (nbconvert's stylesheet, the same for every notebook, written once there as
+  ``nbconvert-<hash>.css`` and linked, instead of ~300 kB inlined in each page);
 - every figure of ``figures/`` (PNG, with its ``.txt`` caption, which names the pool it came from,
   and the PDF when there is one);
 - every table of ``tables/`` (CSV, shown as an HTML table; a long one is cut after
@@ -16,15 +18,17 @@ it works when the folder is copied or committed):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["MAX_TABLE_ROWS", "render_notebooks", "write_report", "main"]
+__all__ = ["MAX_TABLE_ROWS", "link_head_styles", "render_notebooks", "write_report", "main"]
 
 MAX_TABLE_ROWS = 30  # rows of a table shown on the page; the CSV link has them all
 
@@ -52,6 +56,28 @@ def _link(rel: Path | str, text: str | None = None) -> str:
     return f'<a href="{html.escape(_href(rel))}">{html.escape(text if text is not None else str(rel))}</a>'
 
 
+_STYLE_TAG = re.compile(r"<style[^>]*>(.*?)</style>\s*", re.S)
+
+
+def link_head_styles(page: str, out_dir: Path) -> str:
+    """``page`` (HTML) with the ``<style>`` blocks of its ``<head>`` moved into one stylesheet file of
+    ``out_dir`` named by its content's hash (so pages with the same styles share one file) and linked
+    where the first block was; the styles inside ``<body>`` (a table's, an output's) stay."""
+    head, sep, rest = page.partition("</head>")
+    blocks = list(_STYLE_TAG.finditer(head))
+    if not sep or not blocks:
+        return page
+    css = "\n".join(m.group(1).strip("\n") for m in blocks) + "\n"
+    name = f"nbconvert-{hashlib.sha256(css.encode('utf-8')).hexdigest()[:12]}.css"
+    target = out_dir / name
+    if not target.is_file():
+        target.write_text(css, encoding="utf-8")
+    link = f'<link rel="stylesheet" href="{name}">\n'
+    first = blocks[0].start()
+    head = head[:first] + link + _STYLE_TAG.sub("", head[first:])
+    return head + sep + rest
+
+
 def render_notebooks(run_dir: str | Path) -> list[Path]:
     """Render every executed notebook of ``<run_dir>/notebooks/`` to ``<run_dir>/html/<name>.html``
     (nbconvert's HTMLExporter, outputs and images embedded). Returns the HTML paths, in name order."""
@@ -64,6 +90,8 @@ def render_notebooks(run_dir: str | Path) -> list[Path]:
     if not notebooks:
         return []
     out_dir.mkdir(exist_ok=True)
+    for old in out_dir.glob("nbconvert-*.css"):  # a stylesheet no page links any more
+        old.unlink()
     exporter = HTMLExporter()
     paths = []
     for nb_path in notebooks:
@@ -73,7 +101,7 @@ def render_notebooks(run_dir: str | Path) -> list[Path]:
             raise ValueError(f"{nb_path}: not a readable notebook ({e})") from e
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb_path.stem}})
         target = out_dir / f"{nb_path.stem}.html"
-        target.write_text(body, encoding="utf-8")
+        target.write_text(link_head_styles(body, out_dir), encoding="utf-8")
         paths.append(target)
     return paths
 

@@ -49,6 +49,9 @@ def test_reference_ran_every_notebook_and_its_page_links_resolve():
     linked = {t.split("/")[-1].rsplit(".", 1)[0] for t in local_targets(page)}
     for nb in NOTEBOOKS:
         assert nb in linked, f"{page} does not link notebook {nb}"
+    for rendered in (REFERENCE / "html").glob("*.html"):  # each page's shared stylesheet is committed
+        sheets = re.findall(r'<link rel="stylesheet" href="([^"]+\.css)">', rendered.read_text(encoding="utf-8"))
+        assert sheets and all((rendered.parent / css).is_file() for css in sheets), rendered.name
     for png in (REFERENCE / "figures").glob("*.png"):
         caption = png.with_suffix(".txt")
         assert caption.is_file(), f"{png.name}: no caption"

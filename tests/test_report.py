@@ -7,6 +7,7 @@ folder is copied elsewhere; and a headless Chromium screenshot of the page must 
 block of its colour). The browser test skips only when no Chromium binary is installed
 (Debian: ``apt-get install -y chromium``)."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,14 @@ def test_page_links_every_output_relatively(tmp_path):
     assert page == run / "index.html"
     text = page.read_text(encoding="utf-8")
     rendered = run / "html" / "01_tiny notebook.html"
-    assert NOTEBOOK_OUTPUT in rendered.read_text(encoding="utf-8")  # nbconvert kept the cell output
+    rendered_text = rendered.read_text(encoding="utf-8")
+    assert NOTEBOOK_OUTPUT in rendered_text  # nbconvert kept the cell output
+    # nbconvert's stylesheet is one linked file beside the pages, not inlined in each
+    head = rendered_text.split("</head>")[0]
+    assert "<style" not in head
+    sheets = re.findall(r'<link rel="stylesheet" href="(nbconvert-[0-9a-f]{12}\.css)">', head)
+    assert len(sheets) == 1 and (run / "html" / sheets[0]).stat().st_size > 10_000
+    assert ".jp-Cell" in (run / "html" / sheets[0]).read_text(encoding="utf-8")
     assert "01_tiny%20notebook.html" in text and "ok, 2 s" in text
     assert CAPTION.replace("(", "").split(";")[0] in text and "data/pools/test-pool/gsm8k.parquet" in text
     assert 'src="figures/accuracy_vs_samples.png"' in text and "figures/accuracy_vs_samples.pdf" in text
@@ -176,3 +184,23 @@ def test_headless_chromium_shows_the_figure(tmp_path):
     img2 = mpimg.imread(shot)[..., :3]
     img2 = (img2 * 255).round().astype(int) if img2.dtype != np.uint8 else img2.astype(int)
     assert not (np.abs(img2 - np.array(FIGURE_RGB)) <= 3).all(-1).any()
+
+
+def test_head_styles_move_to_one_shared_file_and_body_styles_stay(tmp_path):
+    from optscale.report import link_head_styles
+
+    page = ('<html><head><meta charset="utf-8"><style type="text/css">\na { color: red; }\n</style>\n'
+            '<script src="x.js"></script><style>b { color: blue; }</style></head>'
+            '<body><style>table.df { border: 0; }</style><p>hi</p></body></html>')
+    one, two = link_head_styles(page, tmp_path), link_head_styles(page.replace("hi", "ho"), tmp_path)
+    files = list(tmp_path.glob("nbconvert-*.css"))
+    assert len(files) == 1  # the same styles: one file for both pages
+    assert files[0].read_text(encoding="utf-8") == "a { color: red; }\nb { color: blue; }\n"
+    for out, word in ((one, "hi"), (two, "ho")):
+        head, body = out.split("</head>")
+        assert "<style" not in head and f'<link rel="stylesheet" href="{files[0].name}">' in head
+        assert head.index("<link") < head.index("<script")  # where the first block was
+        assert "<style>table.df { border: 0; }</style>" in body and f"<p>{word}</p>" in body
+    link_head_styles(page.replace("red", "green"), tmp_path)
+    assert len(list(tmp_path.glob("nbconvert-*.css"))) == 2
+    assert link_head_styles("<p>no head</p>", tmp_path) == "<p>no head</p>"

@@ -230,8 +230,9 @@ def pool_features(df: "Any", questions: Mapping[str, str], sampling_config: Any,
     """Features of every sample of the pool frame ``df`` (rows of one dataset), question by question,
     cached per question under :func:`feature_cache_dir` (so an interrupted run resumes). ``questions``
     maps question id -> question text. ``layers``: block counts to probe (default: the full model).
-    One process with ``n_threads`` threads (default: every core): on the 2-vCPU AMD EPYC two 1-thread
-    processes extracted fewer tokens per second together (45-54) than one 2-thread process (60-65).
+    One process with ``n_threads`` threads (default: every core): on the 2-vCPU AMD EPYC, two 1-thread
+    processes extracted ~45-54 tokens per second together (a niced benchmark ran beside them) against
+    60-65 for one 2-thread process alone, though one 1-thread process alone ran at 40.
     Returns {question_id: (n_samples, n_features)} in ``sample_index`` order, for the questions done
     (all of them unless ``hours`` ran out)."""
     from ..sampling.llama_cpp import resolve_gguf

@@ -104,6 +104,56 @@ def test_truncated_gguf_keeps_the_first_blocks(tmp_path):
         truncated_gguf(src, 5)
 
 
+def test_headless_gguf_drops_the_vocabulary_and_cuts_the_embedding_and_output_rows(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from optscale.scoring.probe import HEADLESS_VOCAB, headless_gguf, token_embeddings
+
+    src = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(src), arch="qwen2")
+    w.add_block_count(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(20)])
+    emb = np.arange(20 * 4, dtype=np.float32).reshape(20, 4)
+    w.add_tensor("token_embd.weight", emb)
+    w.add_tensor("output.weight", -emb)
+    w.add_tensor("blk.0.attn_norm.weight", np.full(4, 3, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = headless_gguf(src, out_dir=tmp_path / "cut")
+    r = gguf.GGUFReader(str(out))
+    assert str(bytes(r.fields["tokenizer.ggml.model"].parts[-1]), "utf-8") == "none"
+    assert "tokenizer.ggml.tokens" not in r.fields and int(r.fields["qwen2.vocab_size"].contents()) == HEADLESS_VOCAB
+    t = {x.name: np.asarray(x.data) for x in r.tensors}
+    np.testing.assert_array_equal(t["token_embd.weight"], emb[:HEADLESS_VOCAB])
+    np.testing.assert_array_equal(t["output.weight"], -emb[:HEADLESS_VOCAB])
+    np.testing.assert_array_equal(t["blk.0.attn_norm.weight"], np.full(4, 3, dtype=np.float32))
+    np.testing.assert_array_equal(token_embeddings(src), emb)  # the whole matrix, from the source
+    assert headless_gguf(src, out_dir=tmp_path / "cut") == out  # written once
+
+
+@pytest.mark.slow
+def test_input_embeddings_through_the_headless_gguf_give_the_same_features():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (bash scripts/setup.sh llama-cpp)")
+    from optscale.sampling.llama_cpp import resolve_gguf
+    from optscale.scoring.probe import HiddenStateExtractor, truncated_gguf
+
+    cut = truncated_gguf(resolve_gguf("qwen2.5-coder-0.5b-instruct-q4"), 4)
+    feats, toks = {}, {}
+    for mode in (False, True):
+        ex = HiddenStateExtractor(cut, n_ctx=512, n_threads=1, input_embeddings=mode)
+        try:
+            toks[mode] = [ex.tokenize("<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n", special=True),
+                          ex.tokenize(" 2 + 3 = 5. The answer is 5."), ex.tokenize(" It is 6.")]
+            feats[mode] = ex.features(toks[mode][0], toks[mode][1:])
+        finally:
+            ex.close()
+    assert toks[True] == toks[False]  # the vocabulary-only load tokenizes as the model did
+    np.testing.assert_allclose(feats[True], feats[False], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(feats[True][0], feats[True][1])
+
+
 @pytest.mark.slow
 def test_extractor_features_are_per_sample_and_deterministic():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (bash scripts/setup.sh llama-cpp)")

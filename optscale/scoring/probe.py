@@ -26,6 +26,7 @@ question and resumes; the scores and the trained heads' coefficients are committ
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -40,6 +41,9 @@ __all__ = [
     "PROBE_FEATURE_VERSION",
     "feature_cache_dir",
     "truncated_gguf",
+    "headless_gguf",
+    "token_embeddings",
+    "HEADLESS_VOCAB",
     "HiddenStateExtractor",
     "prompt_token_ids",
     "pool_features",
@@ -118,13 +122,73 @@ def truncated_gguf(src: str | os.PathLike, n_layers: int, out_dir: str | os.Path
     return dst
 
 
+HEADLESS_VOCAB = 8  # rows of the embedding and output matrices a headless GGUF keeps
+
+
+def headless_gguf(src: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """A copy of GGUF ``src`` without its vocabulary: ``tokenizer.ggml.model = "none"``, a vocabulary
+    of :data:`HEADLESS_VOCAB` entries, and the token-embedding and output matrices cut to that many rows
+    (still quantized). llama.cpp then computes the output head for 8 entries instead of the whole
+    vocabulary — in embedding mode it runs the head on every token, ~30% of the work here — so the
+    hidden states are fed as input embeddings (:func:`token_embeddings` of ``src``) and read out
+    exactly as before: the same numbers (tested), ~1.4x the tokens per second. Written once beside
+    ``src``'s cut copies and reused."""
+    import gguf
+
+    src = Path(src)
+    out_dir = Path(out_dir) if out_dir is not None else feature_cache_dir().parent / "gguf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / f"{src.stem}.headless.gguf"
+    if dst.is_file():
+        return dst
+    reader = gguf.GGUFReader(str(src))
+    arch_field = reader.fields[gguf.Keys.General.ARCHITECTURE]
+    arch = str(bytes(arch_field.parts[arch_field.data[0]]), "utf-8")
+    vocab_key = gguf.Keys.LLM.VOCAB_SIZE.format(arch=arch)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
+    for field in reader.fields.values():
+        if (field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF.")
+                or field.name.startswith("tokenizer.") or field.name == vocab_key):
+            continue
+        val_type = field.types[0]
+        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)
+    writer.add_key_value(gguf.Keys.Tokenizer.MODEL, "none", gguf.GGUFValueType.STRING)
+    writer.add_key_value(vocab_key, HEADLESS_VOCAB, gguf.GGUFValueType.UINT32)
+    tensors = [(t, np.ascontiguousarray(t.data[:HEADLESS_VOCAB]) if t.name in ("token_embd.weight", "output.weight")
+                else t.data) for t in reader.tensors]
+    for t, data in tensors:
+        writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, data in tensors:
+        writer.write_tensor_data(data, tensor_endianess=reader.endianess)
+    writer.close()
+    os.replace(tmp, dst)
+    return dst
+
+
+def token_embeddings(src: str | os.PathLike) -> np.ndarray:
+    """(n_vocab, n_embd) float32: GGUF ``src``'s token-embedding matrix, dequantized by the ``gguf``
+    package (what llama.cpp's row lookup computes from the same blocks)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    t = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if t is None:
+        raise ValueError(f"{src}: no token_embd.weight tensor")
+    return np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+
+
 class HiddenStateExtractor:
     """llama.cpp in embedding mode (no pooling) over one GGUF: :meth:`features` evaluates a prompt once
     and teacher-forces each solution after it, returning per solution the hidden state at its last
     token and its mean over the solution's tokens."""
 
     def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512):
+                 n_batch: int = 512, input_embeddings: bool = True):
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._logger import set_verbose
@@ -135,7 +199,17 @@ class HiddenStateExtractor:
         self._L = llama_cpp
         self.gguf = Path(gguf_path)
         self.n_threads = n_threads or int(os.environ.get("OPTSCALE_TORCH_THREADS", os.cpu_count() or 1))
-        self.lm = _internals.LlamaModel(path_model=str(self.gguf), params=llama_cpp.llama_model_default_params(),
+        # input_embeddings: tokens are embedded here and run through the headless copy of the GGUF
+        # (headless_gguf), tokenized by a vocabulary-only load of the GGUF itself; else llama.cpp
+        # embeds the tokens and computes the whole output head on every token
+        self.input_embeddings = input_embeddings
+        self.embeddings = token_embeddings(self.gguf) if input_embeddings else None
+        vp = llama_cpp.llama_model_default_params()
+        vp.vocab_only = True
+        self.vocab = (_internals.LlamaModel(path_model=str(self.gguf), params=vp, verbose=False)
+                      if input_embeddings else None)
+        model_path = headless_gguf(self.gguf) if input_embeddings else self.gguf
+        self.lm = _internals.LlamaModel(path_model=str(model_path), params=llama_cpp.llama_model_default_params(),
                                         verbose=False)
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = n_ctx
@@ -150,10 +224,11 @@ class HiddenStateExtractor:
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.n_embd = int(llama_cpp.llama_model_n_embd(self.lm.model))
-        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=self.n_embd if input_embeddings else 0,
+                                           n_seq_max=1, verbose=False)
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
-        return self.lm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return (self.vocab or self.lm).tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def _decode(self, tokens: Sequence[int], pos0: int, seq: int, outputs: bool) -> np.ndarray | None:
         """Decode ``tokens`` at positions pos0.. on sequence ``seq``; with ``outputs`` return their
@@ -164,8 +239,12 @@ class HiddenStateExtractor:
             chunk = tokens[lo:lo + self.n_batch]
             b = self.batch.batch
             b.n_tokens = len(chunk)
+            if self.embeddings is not None:
+                x = np.ascontiguousarray(self.embeddings[np.asarray(chunk, dtype=np.int64)])
+                ctypes.memmove(b.embd, x.ctypes.data, x.nbytes)
             for k, t in enumerate(chunk):
-                b.token[k] = t
+                if self.embeddings is None:
+                    b.token[k] = t
                 b.pos[k] = pos0 + lo + k
                 b.n_seq_id[k] = 1
                 b.seq_id[k][0] = seq
@@ -200,7 +279,8 @@ class HiddenStateExtractor:
         return out
 
     def close(self) -> None:
-        for obj in ("batch", "ctx", "lm"):
+        self.embeddings = None
+        for obj in ("batch", "ctx", "lm", "vocab"):
             o = getattr(self, obj, None)
             if o is not None:
                 o.close()

@@ -8,6 +8,8 @@ state is read at every solution token. A sample's feature vector concatenates, f
 (``layers``: a number of transformer blocks; the full model, or a copy of the GGUF cut after that
 many blocks, :func:`truncated_gguf`), the hidden state at the final token and the mean over the
 solution's tokens (llama.cpp's output embeddings: the block's output after the model's final norm).
+The tokens are embedded here and fed to a copy of the GGUF without its vocabulary (:func:`headless_gguf`),
+so llama.cpp skips the output head it would otherwise compute on every token (1.4x; the same numbers).
 
 The score of a sample depends on its question and that one sample only (OptScale assumes i.i.d.
 scores given the question): the head is a logistic regression on standardised features

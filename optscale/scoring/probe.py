@@ -42,6 +42,7 @@ import numpy as np
 __all__ = [
     "PROBE_FEATURE_VERSION",
     "feature_cache_dir",
+    "copy_gguf",
     "truncated_gguf",
     "headless_gguf",
     "token_embeddings",
@@ -74,6 +75,47 @@ def feature_cache_dir() -> Path:
     return root / "probe_features"
 
 
+def _gguf_arch(reader: Any) -> str:
+    import gguf
+
+    field = reader.fields[gguf.Keys.General.ARCHITECTURE]
+    return str(bytes(field.parts[field.data[0]]), "utf-8")
+
+
+def copy_gguf(reader: Any, dst: Path, fields: Mapping[str, Any], tensors: Sequence[tuple[Any, np.ndarray]]) -> Path:
+    """Write a GGUF to ``dst`` (atomically, through a temporary file) with ``reader``'s architecture
+    and endianness: its key/value fields, except the architecture and ``GGUF.*`` ones, each with the
+    value ``fields[name]`` gives (a field mapped to None is dropped; one missing keeps its value),
+    then the ``fields`` entries the source lacks (as (value, GGUFValueType)), and ``tensors``
+    (``(source tensor, data)``: the source's name and type, the given data, still quantized)."""
+    import gguf
+
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch=_gguf_arch(reader), endianess=reader.endianess)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        if field.name in fields and fields[field.name] is None:
+            continue
+        val_type = field.types[0]
+        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+        value = fields[field.name][0] if field.name in fields else field.contents()
+        writer.add_key_value(field.name, value, val_type, sub_type=sub_type)
+    for name, spec in fields.items():
+        if spec is not None and name not in reader.fields:
+            writer.add_key_value(name, spec[0], spec[1])
+    for t, data in tensors:
+        writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, data in tensors:
+        writer.write_tensor_data(data, tensor_endianess=reader.endianess)
+    writer.close()
+    os.replace(tmp, dst)
+    return dst
+
+
 def truncated_gguf(src: str | os.PathLike, n_layers: int, out_dir: str | os.PathLike | None = None) -> Path:
     """A copy of GGUF ``src`` keeping its first ``n_layers`` transformer blocks (and the embeddings,
     the final norm and the output head), so that llama.cpp's output embeddings are the hidden state
@@ -83,9 +125,7 @@ def truncated_gguf(src: str | os.PathLike, n_layers: int, out_dir: str | os.Path
 
     src = Path(src)
     reader = gguf.GGUFReader(str(src))
-    arch_field = reader.fields[gguf.Keys.General.ARCHITECTURE]
-    arch = str(bytes(arch_field.parts[arch_field.data[0]]), "utf-8")
-    block_key = gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch)
+    block_key = gguf.Keys.LLM.BLOCK_COUNT.format(arch=_gguf_arch(reader))
     n_blocks = int(reader.fields[block_key].contents())
     if not 1 <= n_layers <= n_blocks:
         raise ValueError(f"{src}: n_layers={n_layers} outside 1..{n_blocks} blocks")
@@ -102,26 +142,8 @@ def truncated_gguf(src: str | os.PathLike, n_layers: int, out_dir: str | os.Path
             return True
         return int(name.split(".")[1]) < n_layers
 
-    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
-    for field in reader.fields.values():
-        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        val_type = field.types[0]
-        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
-        value = n_layers if field.name == block_key else field.contents()
-        writer.add_key_value(field.name, value, val_type, sub_type=sub_type)
-    tensors = [t for t in reader.tensors if keep(t.name)]
-    for t in tensors:
-        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for t in tensors:
-        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
-    writer.close()
-    os.replace(tmp, dst)
-    return dst
+    return copy_gguf(reader, dst, {block_key: (n_layers, None)},
+                     [(t, t.data) for t in reader.tensors if keep(t.name)])
 
 
 HEADLESS_VOCAB = 8  # rows of the embedding and output matrices a headless GGUF keeps
@@ -144,32 +166,13 @@ def headless_gguf(src: str | os.PathLike, out_dir: str | os.PathLike | None = No
     if dst.is_file():
         return dst
     reader = gguf.GGUFReader(str(src))
-    arch_field = reader.fields[gguf.Keys.General.ARCHITECTURE]
-    arch = str(bytes(arch_field.parts[arch_field.data[0]]), "utf-8")
-    vocab_key = gguf.Keys.LLM.VOCAB_SIZE.format(arch=arch)
-    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
-    for field in reader.fields.values():
-        if (field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF.")
-                or field.name.startswith("tokenizer.") or field.name == vocab_key):
-            continue
-        val_type = field.types[0]
-        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)
-    writer.add_key_value(gguf.Keys.Tokenizer.MODEL, "none", gguf.GGUFValueType.STRING)
-    writer.add_key_value(vocab_key, HEADLESS_VOCAB, gguf.GGUFValueType.UINT32)
+    vocab_key = gguf.Keys.LLM.VOCAB_SIZE.format(arch=_gguf_arch(reader))
+    fields: dict[str, Any] = {name: None for name in reader.fields if name.startswith("tokenizer.")}
+    fields[gguf.Keys.Tokenizer.MODEL] = ("none", gguf.GGUFValueType.STRING)
+    fields[vocab_key] = (HEADLESS_VOCAB, gguf.GGUFValueType.UINT32)
     tensors = [(t, np.ascontiguousarray(t.data[:HEADLESS_VOCAB]) if t.name in ("token_embd.weight", "output.weight")
                 else t.data) for t in reader.tensors]
-    for t, data in tensors:
-        writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for _, data in tensors:
-        writer.write_tensor_data(data, tensor_endianess=reader.endianess)
-    writer.close()
-    os.replace(tmp, dst)
-    return dst
+    return copy_gguf(reader, dst, fields, tensors)
 
 
 def token_embeddings(src: str | os.PathLike) -> np.ndarray:
@@ -336,8 +339,6 @@ def pool_features(df: "Any", questions: Mapping[str, str], sampling_config: Any,
     if not todo:
         return out
     deadline = time.time() + 3600 * hours if hours else None
-    if n_threads is None:
-        n_threads = int(os.environ.get("OPTSCALE_TORCH_THREADS", os.cpu_count() or 1))
     ggufs = [str(truncated_gguf(full, L)) for L in layers]
     jobs = ((qid, questions[qid], df[df["question_id"] == qid].sort_values("sample_index")) for qid in todo)
     jobs = ((qid, q, rows["text"].tolist(), rows["sample_index"].to_numpy()) for qid, q, rows in jobs)
@@ -364,13 +365,13 @@ class QuestionFeatureExtractor:
     """One extractor per probed depth (GGUF paths ``ggufs``) and the generator's chat tokenizer:
     :meth:`extract` computes one question's features and writes its cache file atomically."""
 
-    def __init__(self, ggufs: Sequence[str], sampling_config: Any, n_threads: int):
+    def __init__(self, ggufs: Sequence[str], sampling_config: Any, n_threads: int | None = None):
         from ..sampling.convert import load_chat_tokenizer
 
         self.sampling_config = sampling_config
-        self.n_threads = n_threads
         self.tokenizer = load_chat_tokenizer(sampling_config.model)
         self.extractors = [HiddenStateExtractor(g, n_threads=n_threads) for g in ggufs]
+        self.n_threads = self.extractors[0].n_threads  # (None: HiddenStateExtractor's default)
 
     def extract(self, question: str, texts: Sequence[str], sample_index: np.ndarray, cache_file: Path) -> np.ndarray:
         t0 = time.time()
@@ -538,7 +539,8 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
     scores, folds, heads = crossfit_probe_scores(feats, correct, k=k, C=C, seed=seed)
     n_blocks = _block_count(resolve_gguf(config.sampling.model))
     layers = list(layers or [n_blocks])
-    secs = cached_seconds_per_sample(pool_name, dataset, layers)
+    timing = cached_extraction_timing(pool_name, dataset, layers)
+    secs = timing["wall_seconds_per_sample"]
     description = {
         "kind": "probe",
         "what": "logistic-regression probe on the generator's hidden states (last solution token and mean "
@@ -546,7 +548,7 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
         "generator": config.sampling.model, "layers": layers, "n_blocks": n_blocks, "k_folds": k, "C": C,
         "seed": seed, "feature_version": PROBE_FEATURE_VERSION, "folds": folds,
         "cpu_seconds_per_sample": secs,  # wall seconds of the extracting process per sample
-        "extraction_timing": cached_extraction_timing(pool_name, dataset, layers),
+        "extraction_timing": timing,
     }
     if write:
         col = np.full(len(df), np.nan)
@@ -593,15 +595,15 @@ def cached_extraction_timing(pool_name: str, dataset: str, layers: Sequence[int]
     rec = {k: g for k, g in by_threads.items() if k != "unrecorded"}
     core = (sum(g["seconds"] * int(k) for k, g in rec.items()) / sum(g["samples"] for g in rec.values())
             if rec else None)
-    return {"by_threads": by_threads, "core_seconds_per_sample": core}
+    n = sum(g["samples"] for g in by_threads.values())
+    wall = sum(g["seconds"] for g in by_threads.values()) / n if n else None
+    return {"by_threads": by_threads, "core_seconds_per_sample": core, "wall_seconds_per_sample": wall}
 
 
 def cached_seconds_per_sample(pool_name: str, dataset: str, layers: Sequence[int]) -> float | None:
     """Mean wall seconds of feature extraction per sample over the cached questions (each file's
     extracting process, whatever its thread count: :func:`cached_extraction_timing` splits them)."""
-    t = cached_extraction_timing(pool_name, dataset, layers)["by_threads"]
-    n = sum(g["samples"] for g in t.values())
-    return sum(g["seconds"] for g in t.values()) / n if n else None
+    return cached_extraction_timing(pool_name, dataset, layers)["wall_seconds_per_sample"]
 
 
 class ProbeScorer:

@@ -115,3 +115,38 @@ def test_committed_pool_regrades_the_same(profile, name):
     assert not mismatches, (
         f"{name}: {len(mismatches)} samples regrade differently "
         f"(question, sample, stored answer, new answer, stored correct, new correct): {mismatches[:5]}")
+
+
+PROBE_CASES = [(p, n) for p, n in CASES if "probe" in committed_pool(p, n).scorers]
+
+
+@pytest.mark.parametrize("profile,name", PROBE_CASES)
+def test_committed_probe_column_was_cross_fitted_and_its_heads_refuse_the_questions_they_saw(profile, name, data_dir):
+    """A committed ``score__probe``: its folds partition the pool's questions, no question was scored by
+    a head trained on it, the committed fold heads say which questions they scored, and the head trained
+    on every pool question (for new questions) refuses each of them by the digest of its text."""
+    from optscale.scoring.probe import ProbeHead, probe_head_dir, question_digest
+
+    cfg = profile_config(profile)
+    pool = committed_pool(profile, name)
+    meta = pool.meta["scorers"]["probe"]
+    qids = set(pool.question_ids)
+    folds = meta["folds"]
+    assert len(folds) == meta["k_folds"] >= 2
+    scored = [q for f in folds for q in f["scored_question_ids"]]
+    assert sorted(scored) == sorted(qids), f"{name}: the probe's folds do not partition the pool's questions"
+    for f in folds:
+        train, held = set(f["train_question_ids"]), set(f["scored_question_ids"])
+        assert not train & held, f"{name}: fold {f['fold']} scored questions its head was trained on: {sorted(train & held)[:5]}"
+        assert train | held == qids
+    s = pool.scores("probe")
+    assert np.isfinite(s).all() and ((s > 0) & (s < 1)).all()
+
+    heads = probe_head_dir(pool.meta["pool_name"], name)
+    for f in folds:
+        head = ProbeHead.load(heads / f"fold{f['fold']}.npz")
+        assert head.meta["scored_question_ids"] == f["scored_question_ids"]
+        assert head.coef.shape == (2 * 1536 * len(meta["layers"]),)  # [last token, mean] x n_embd of the 1.5B
+    full = ProbeHead.load(heads / "all.npz")
+    texts = {p.id: p.question for p in config_problems(cfg, name, data_dir)}
+    assert set(full.meta["train_question_digests"]) == {question_digest(texts[q]) for q in qids}

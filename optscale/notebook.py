@@ -9,7 +9,7 @@ from .config import PROJECT_ROOT, ConfigError, RunConfig, load_config
 from .data.pools import pool_path
 from .provenance import write_manifest
 
-__all__ = ["setup_notebook"]
+__all__ = ["setup_notebook", "write_built_notebook"]
 
 
 def setup_notebook(profile: str, run_dir: str, overrides: str = "", notebook: str = "",
@@ -46,3 +46,19 @@ def _check_parameters(profile: Any, run_dir: Any, overrides: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, types):
             raise ConfigError(f"notebook parameter {name!r} = {value!r}: expected {what}, got {type(value).__name__} "
                               f"(papermill -p reads numbers as numbers; -r {name} VALUE passes a string)")
+
+
+def write_built_notebook(nb: Any, path: str | Path) -> Path:
+    """Write a notebook built by a ``scripts/build_notebook_*.py`` script with cell ids derived from
+    each cell's position and source (nbformat draws random ones), so rebuilding an unchanged
+    notebook rewrites the same file and a changed cell shows as that cell only in the diff."""
+    import hashlib
+
+    import nbformat
+
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"c{i:02d}-{hashlib.sha1(cell.source.encode('utf-8')).hexdigest()[:8]}"
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    nbformat.validate(nb)
+    nbformat.write(nb, str(path))
+    return Path(path)

@@ -1,4 +1,6 @@
 import nbformat as nbf
+
+from optscale.notebook import write_built_notebook
 nb = nbf.v4.new_notebook()
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
@@ -87,4 +89,4 @@ code('''if pools:
 ]
 nb.cells = cells
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, "notebooks/00_data_and_pools.ipynb")
+write_built_notebook(nb, "notebooks/00_data_and_pools.ipynb")

@@ -1,6 +1,8 @@
 """Writes notebooks/04_generator_study.ipynb (run once after editing; the notebook is committed)."""
 import nbformat as nbf
 
+from optscale.notebook import write_built_notebook
+
 nb = nbf.v4.new_notebook()
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 nb.cells = [
@@ -41,4 +43,4 @@ that does not beat "shorter is better" adds nothing a length cut-off would not, 
 whose CI includes 0 means Best-of-N by that verifier is no better than one sample."""),
 ]
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, "notebooks/04_generator_study.ipynb")
+write_built_notebook(nb, "notebooks/04_generator_study.ipynb")

@@ -1,6 +1,8 @@
 """Build notebooks/10_verifier_axis.ipynb (run from the project root: python scripts/build_notebook_10.py)."""
 import nbformat as nbf
 
+from optscale.notebook import write_built_notebook
+
 nb = nbf.v4.new_notebook()
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
@@ -82,7 +84,10 @@ The real scorers' points (notebook 06's `verifier_auroc` table when this run has
 computed here for the swept pool sets): at each real scorer's measured within-question AUROC the
 sweep's tokens saved and accuracy gap of the same policy on the same pool, interpolated, and
 whether they fall inside the real scorer's CI. Where they do not, real scores differ from the
-binormal model in more than their AUROC (their shape, ties, per-question calibration)."""),
+binormal model in more than their AUROC (their shape, ties, per-question calibration). Beside them
+each real scorer's BoN@n and the sweep's at the same AUROC: a scorer that mostly finds the clearly
+wrong samples reaches a high AUROC yet picks its top sample no better than a weaker one, so its BoN
+baseline is lower than the binormal model's and the policies' gaps to it look better."""),
 code('''from optscale import sweep_model_check, verifier_auroc_points
 
 sets = sorted(set(sweep["pool_set"])) if len(sweep) else []
@@ -136,4 +141,4 @@ code('''print(f"notebook 10: sweep {sweep_seconds:.0f} s; settings orders={int(s
 ]
 nb.cells = cells
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, "notebooks/10_verifier_axis.ipynb")
+write_built_notebook(nb, "notebooks/10_verifier_axis.ipynb")

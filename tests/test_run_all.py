@@ -192,3 +192,19 @@ def test_notebook_parameters_reach_the_notebook_as_strings(workbook, tmp_path):
         "assert (profile, type(overrides)) == ('3', str), (profile, overrides)")
     r = _run(workbook, "--profile", "3", "--run-id", "raw", "--overrides", "", pythonpath=site)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("builder", sorted(p.name for p in (ROOT / "scripts").glob("build_notebook_*.py")))
+def test_each_built_notebook_is_what_its_script_writes(builder, tmp_path):
+    """A notebook made by a ``scripts/build_notebook_*.py`` is committed as that script writes it
+    (cell ids from position and source, so a rebuild is byte-identical): an edit to the script that
+    was not rebuilt, or to the notebook that is not in the script, fails here."""
+    import sys
+
+    (tmp_path / "notebooks").mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / builder)], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (written,) = list((tmp_path / "notebooks").glob("*.ipynb"))
+    committed = ROOT / "notebooks" / written.name
+    assert written.read_bytes() == committed.read_bytes(), (
+        f"{committed.name} differs from what scripts/{builder} writes: run `python scripts/{builder}`")

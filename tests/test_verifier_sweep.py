@@ -179,7 +179,8 @@ def _planted_table():
         for a, s, ok in zip(levels, saved, ni):
             rows.append({"pool_set": "p", "benchmark": "gsm8k", "shift_mode": "difficulty", "auroc_target": a,
                          "auroc_measured": a + 0.01, "policy": name, "tokens_saved": s, "non_inferior": ok,
-                         "acc_minus_bon": -0.1 + 0.1 * a, "tokens_saved_lo": s - 0.1, "tokens_saved_hi": s + 0.1})
+                         "acc_minus_bon": -0.1 + 0.1 * a, "tokens_saved_lo": s - 0.1, "tokens_saved_hi": s + 0.1,
+                         "bon_acc": 0.5 + 0.4 * a})
     return pd.DataFrame(rows)
 
 
@@ -198,17 +199,21 @@ def test_model_check_interpolates_at_the_real_auroc():
     points = pd.DataFrame([{"pool_set": "p", "dataset": "gsm8k", "scorer": "s", "policy": "optscale-0",
                             "auroc_within": 0.81, "auroc_within_lo": 0.78, "auroc_within_hi": 0.84, "saved": 0.30,
                             "saved_lo": 0.25, "saved_hi": 0.40, "acc_diff": 0.0, "acc_diff_lo": -0.01,
-                            "acc_diff_hi": 0.01, "non_inferior": True},
+                            "acc_diff_hi": 0.01, "non_inferior": True, "bon_accuracy": 0.6},
                            {"pool_set": "p", "dataset": "gsm8k", "scorer": "t", "policy": "optscale-0",
                             "auroc_within": 0.40, "auroc_within_lo": 0.35, "auroc_within_hi": 0.45, "saved": 0.1,
                             "saved_lo": 0.0, "saved_hi": 0.2, "acc_diff": 0.0, "acc_diff_lo": -0.1,
-                            "acc_diff_hi": 0.1, "non_inferior": True}])
+                            "acc_diff_hi": 0.1, "non_inferior": True, "bon_accuracy": 0.55}])
     mc = vs.sweep_model_check(table, points).set_index("scorer")
     # measured 0.71 -> 0.2, 0.91 -> 0.45: at 0.81 the midpoint 0.325
     assert mc.loc["s", "predicted_tokens_saved"] == pytest.approx(0.325)
     assert bool(mc.loc["s", "tokens_saved_inside_ci"]) is True
     assert mc.loc["s", "predicted_acc_minus_bon"] == pytest.approx(-0.1 + 0.1 * 0.8)
     assert bool(mc.loc["s", "acc_minus_bon_inside_ci"]) is False
+    # the baseline beside it: the real scorer's BoN@n and the sweep's at the same AUROC (0.5 + 0.4 x 0.8)
+    assert mc.loc["s", "real_bon_acc"] == pytest.approx(0.6)
+    assert mc.loc["s", "predicted_bon_acc"] == pytest.approx(0.5 + 0.4 * 0.8)
+    assert np.isnan(mc.loc["t", "predicted_bon_acc"])
     assert np.isnan(mc.loc["t", "predicted_tokens_saved"]) and "outside the swept range" in mc.loc["t", "note"]
 
 

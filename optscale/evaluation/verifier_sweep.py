@@ -587,8 +587,12 @@ def sweep_model_check(table: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame
     :func:`optscale.evaluation.verifier_auroc.verifier_auroc_points`, the sweep's tokens saved and
     accuracy gap of the same policy on the same pool, linearly interpolated at the scorer's
     measured within-question AUROC (each shift mode), and whether each falls inside the real
-    scorer's CI (``saved_lo..saved_hi``, ``acc_diff_lo..acc_diff_hi``). A real AUROC outside the
-    swept range gives NaN predictions and a note."""
+    scorer's CI (``saved_lo..saved_hi``, ``acc_diff_lo..acc_diff_hi``); beside them the real
+    scorer's BoN@n accuracy and the sweep's at the same AUROC (``real_bon_acc`` /
+    ``predicted_bon_acc``): two scorers of one AUROC can pick their top sample very differently (a
+    scorer that only finds the clearly wrong samples ranks well and picks badly), which moves the
+    baseline every policy is measured against. A real AUROC outside the swept range gives NaN
+    predictions and a note."""
     rows = []
     for r in points.itertuples():
         g = table[(table["pool_set"] == r.pool_set) & (table["benchmark"] == r.dataset) & (table["policy"] == r.policy)]
@@ -598,6 +602,7 @@ def sweep_model_check(table: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame
             inside = x.min() <= r.auroc_within <= x.max()
             pred_s = float(np.interp(r.auroc_within, x, m["tokens_saved"])) if inside else float("nan")
             pred_a = float(np.interp(r.auroc_within, x, m["acc_minus_bon"])) if inside else float("nan")
+            pred_b = float(np.interp(r.auroc_within, x, m["bon_acc"])) if inside else float("nan")
             rows.append({
                 "pool_set": r.pool_set, "benchmark": r.dataset, "scorer": r.scorer, "policy": r.policy,
                 "auroc_within": r.auroc_within, "auroc_within_lo": r.auroc_within_lo, "auroc_within_hi": r.auroc_within_hi,
@@ -607,6 +612,7 @@ def sweep_model_check(table: pd.DataFrame, points: pd.DataFrame) -> pd.DataFrame
                 "real_acc_minus_bon": r.acc_diff, "real_acc_minus_bon_lo": r.acc_diff_lo,
                 "real_acc_minus_bon_hi": r.acc_diff_hi, "predicted_acc_minus_bon": pred_a,
                 "acc_minus_bon_inside_ci": bool(r.acc_diff_lo <= pred_a <= r.acc_diff_hi) if inside else None,
+                "real_bon_acc": float(r.bon_accuracy), "predicted_bon_acc": pred_b,
                 "real_non_inferior": bool(r.non_inferior), "real_questions": getattr(r, "questions", None),
                 "sweep_questions": int(m["questions"].iloc[0]) if "questions" in m else None,
                 "note": "" if inside else f"real AUROC {r.auroc_within:.3f} outside the swept range "

@@ -112,3 +112,20 @@ def test_primary_scorer_per_benchmark():
         load_config("cpu", {"scoring": {"primary_by_benchmark": {"math501": "lm-judge"}}})
     with pytest.raises(ConfigError, match=r"config key .scoring.primary_by_benchmark. is a per-benchmark table; set its entries"):
         load_config("cpu", "scoring.primary_by_benchmark=lm-judge")
+
+
+def test_a_pool_scorer_may_be_the_primary_but_is_never_a_sampling_scorer():
+    """scoring.pool_scorers (the probe): computed on the committed pool by `generate score`, so it
+    may be a benchmark's primary scorer without being built while sampling."""
+    from optscale.scoring.scorers import build_scorers
+
+    cfg = load_config("cpu-1.5b", "scoring.pool_scorers=[probe], scoring.primary_by_benchmark.gsm8k=probe")
+    assert cfg.scoring.primary_for("gsm8k") == "probe" and "probe" not in cfg.scoring.scorers
+    # asked for both, the sampling scorers leave the pool scorer out (it needs a pool to cross-fit on)
+    assert [s.name for s in build_scorers(cfg, None, names=["probe", "self-certainty"])] == ["self-certainty"]
+    with pytest.raises(ConfigError, match=r"'probe' is not among scoring.scorers=.*"):
+        load_config("cpu-1.5b", "scoring.primary_by_benchmark.gsm8k=probe")
+    with pytest.raises(ConfigError, match=r"scoring.pool_scorers: \['self-certainty'\] are also in scoring.scorers"):
+        load_config("cpu-1.5b", "scoring.pool_scorers=[self-certainty]")
+    with pytest.raises(ConfigError, match=r"scoring.pool_scorers\[0\]' = 'prob'.*'probe'"):
+        load_config("cpu-1.5b", "scoring.pool_scorers=[prob]")

@@ -120,6 +120,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
 _REGISTRY_KEYS: dict[str, str] = {
     "sampling.backend": "optscale.sampling:SAMPLERS",
     "scoring.scorers": "optscale.scoring.scorers:SCORERS",
+    "scoring.pool_scorers": "optscale.scoring.scorers:SCORERS",
     "fit.families": "optscale.theory.fits:FITS",
     "predictor.backbone": "optscale.predictor.heads:BACKBONES",
     "predictor.head": "optscale.predictor.heads:HEADS",
@@ -201,12 +202,15 @@ def _validate(cfg: RunConfig) -> None:
     clash = sorted(set(combos) & set(cfg.scoring.scorers))
     if clash:
         raise ConfigError(f"scoring.combinations: {clash} are also in scoring.scorers; a combination needs its own name")
-    known = tuple(cfg.scoring.scorers) + tuple(combos)
+    both = sorted(set(cfg.scoring.pool_scorers) & set(cfg.scoring.scorers))
+    if both:
+        raise ConfigError(f"scoring.pool_scorers: {both} are also in scoring.scorers; a pool scorer is computed "
+                          "on the committed pool (`generate score`), never while sampling")
+    known = tuple(cfg.scoring.scorers) + tuple(cfg.scoring.pool_scorers) + tuple(combos)
+    also = ((f" or scoring.pool_scorers={list(cfg.scoring.pool_scorers)}" if cfg.scoring.pool_scorers else "")
+            + (f" or scoring.combinations={list(combos)}" if combos else ""))
     if cfg.scoring.primary not in known:
-        raise ConfigError(
-            f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}"
-            + (f" or scoring.combinations={list(combos)}" if combos else "")
-        )
+        raise ConfigError(f"scoring.primary={cfg.scoring.primary!r} is not among scoring.scorers={cfg.scoring.scorers}" + also)
     by_benchmark = cfg.scoring.primary_by_benchmark
     if not isinstance(by_benchmark, dict):
         raise ConfigError(f"scoring.primary_by_benchmark={by_benchmark!r}: a mapping benchmark -> scorer")
@@ -215,8 +219,7 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"scoring.primary_by_benchmark: unknown benchmark {ds!r}; known {list(BENCHMARKS)}")
         if scorer not in known:
             raise ConfigError(f"scoring.primary_by_benchmark.{ds}={scorer!r} is not among "
-                              f"scoring.scorers={cfg.scoring.scorers}"
-                              + (f" or scoring.combinations={list(combos)}" if combos else ""))
+                              f"scoring.scorers={cfg.scoring.scorers}" + also)
     if cfg.scoring.aggregation not in ("mean", "min", "last", "prod"):
         raise ConfigError(f"scoring.aggregation={cfg.scoring.aggregation!r}: use mean|min|last|prod")
     if cfg.evaluation.protocol not in ("crossfit", "calibrated"):

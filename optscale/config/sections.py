@@ -86,6 +86,11 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class ScoringConfig:
     scorers: tuple[str, ...] = ("self-certainty", "lm-judge")
+    # Scorers computed on a committed pool only, by `python -m optscale.generate score --scorer <name>`
+    # (the probe: cross-fitted by question over the pool, so no question is scored by a head that saw
+    # it), never built while sampling; `primary` / `primary_by_benchmark` may name one, whose
+    # column the benchmark's pool must then carry.
+    pool_scorers: tuple[str, ...] = ()
     # The scorer policies use unless told otherwise. Self-certainty: on the CPU pools it separates
     # correct from wrong samples far better than the 0.5B LM judge (AUROC 0.77 vs 0.49 on GSM8K,
     # 0.45 vs 0.33 on MATH-500, first 8 questions each; `python -m optscale.generate info`).

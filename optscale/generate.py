@@ -294,6 +294,14 @@ def cmd_info(args) -> int:
                       f"over {r[f'auroc_within_questions_{sc}']} questions with a correct and a wrong sample")
                 if sc == TOKENS_SCORER:
                     continue
+                about = pool.meta.get("scorers", {}).get(sc, {})
+                if about.get("k_folds"):
+                    print(f"    cross-fitted: {about['k_folds']} folds by question (no question scored by a head "
+                          "trained on it; metadata lists each fold's questions)")
+                timing = about.get("extraction_timing") or {}
+                if timing.get("wall_seconds_per_sample") is not None:
+                    print(f"    scoring cost: {timing['wall_seconds_per_sample']:.2f} s wall per sample "
+                          f"({timing.get('core_seconds_per_sample', float('nan')):.2f} core-seconds), as recorded")
                 if sc in r["incomplete"]:
                     print("    scores incomplete: Best-of-n skipped")
                     continue

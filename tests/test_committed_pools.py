@@ -150,3 +150,15 @@ def test_committed_probe_column_was_cross_fitted_and_its_heads_refuse_the_questi
     full = ProbeHead.load(heads / "all.npz")
     texts = {p.id: p.question for p in config_problems(cfg, name, data_dir)}
     assert set(full.meta["train_question_digests"]) == {question_digest(texts[q]) for q in qids}
+
+
+@pytest.mark.parametrize("profile,name", PROBE_CASES)
+def test_generate_info_reports_the_probe_with_its_folds_and_cost(profile, name, capsys):
+    from optscale import generate
+
+    assert generate.main(["info", "--profile", profile, "--datasets", name]) == 0
+    out = capsys.readouterr().out
+    probe = out[out.index("  probe: AUROC"):]
+    assert probe.splitlines()[0].startswith("  probe: AUROC pooled ") and "within questions" in probe.splitlines()[0]
+    k = committed_pool(profile, name).meta["scorers"]["probe"]["k_folds"]
+    assert f"cross-fitted: {k} folds by question" in probe.splitlines()[1] and "s wall per sample" in probe.splitlines()[2]

@@ -150,13 +150,23 @@ def _score_with_probe(cfg, datasets, args) -> int:
     """``score --scorer probe``: features through llama.cpp (cached outside git, resumable with
     ``--hours``), then K-fold cross-fitting by question; writes ``score__probe`` and the heads
     (``data/probe/<pool>/<benchmark>/``) once every question has features."""
-    from .scoring.probe import score_pool_with_probe
+    from .scoring.probe import external_training_set, score_pool_with_probe
 
     rc = 0
+    layers = [int(x) for x in args.probe_layers.split(",") if x.strip()] or None
+    names = [x.strip() for x in args.probe_external.split(",") if x.strip()]
     for ds, path, questions in _existing_pools(cfg, datasets):
-        layers = [int(x) for x in args.probe_layers.split(",") if x.strip()] or None
+        if ds in names:
+            print(f"--probe-external {ds}: the pool being scored cannot also be its external training set", file=sys.stderr)
+            return 2
+        try:
+            external = [external_training_set(pool_path(cfg, name), {p.id: p.question for p in load_benchmark(
+                name, cfg.data.data_dir)}, layers) for name in names]
+        except (ValueError, FileNotFoundError) as err:
+            print(f"--probe-external: {err}", file=sys.stderr)
+            return 2
         out = score_pool_with_probe(path, cfg, questions, k=args.probe_folds, layers=layers,
-                                    hours=args.hours or None)
+                                    hours=args.hours or None, external=external)
         if out["written"]:
             print(f"{ds}: wrote score__probe ({out['questions']} questions, {args.probe_folds} folds, "
                   f"{out['cpu_seconds_per_sample']:.2f} s per sample to extract) into {path}")
@@ -366,6 +376,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--hours", type=_number(float, 0), default=0,
                            help="probe: extract features for at most this many hours, then stop (resumable)")
             p.add_argument("--probe-folds", type=_number(int, 2), default=5, help="probe: K folds by question")
+            p.add_argument("--probe-external", default="",
+                           help="probe: comma-separated benchmarks of the same pool set whose (cached) features "
+                                "and correctness train every fold too, e.g. gsm8k when scoring math500")
             p.add_argument("--probe-layers", default="",
                            help="probe: comma-separated block counts to read hidden states after (default: all)")
         if name == "combine":

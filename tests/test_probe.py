@@ -252,3 +252,59 @@ def test_pool_features_cache_per_question_with_their_timing_and_resume(tmp_path,
     monkeypatch.setattr(probe, "truncated_gguf", lambda *a, **k: (_ for _ in ()).throw(AssertionError("extracted")))
     again = probe.pool_features(df, questions, sampling, "tiny", "gsm8k", layers=[2], progress=False)
     np.testing.assert_array_equal(again["b"], full["b"])
+
+
+def test_pool_scoring_with_an_external_training_set_records_it_and_refuses_a_shared_question(tmp_path, monkeypatch):
+    """``external`` (another pool's questions, e.g. GSM8K when scoring MATH-500): in every fold's
+    training data and the all-question head's, named in the metadata, and its questions refused by
+    that head too; an external set sharing a question's text with the pool is refused before anything
+    is written."""
+    import optscale.sampling.llama_cpp as llama_cpp_module
+    import optscale.scoring.probe as probe
+    from optscale.data.pools import read_pool
+
+    from test_evaluation import _fake_pool
+
+    cfg, path = _fake_pool(tmp_path, n_q=10, n=4)
+    df = read_pool(path).df
+    rng = np.random.default_rng(1)
+    planted = {q: np.c_[g.sort_values("sample_index")["correct"].to_numpy(float) + rng.normal(0, 0.5, len(g)),
+                        rng.normal(size=(len(g), 3))] for q, g in df.groupby("question_id")}
+    monkeypatch.setenv("OPTSCALE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(probe, "pool_features", lambda *a, **k: planted)
+    monkeypatch.setattr(llama_cpp_module, "resolve_gguf", lambda model: tmp_path / "model.gguf")
+    monkeypatch.setattr(probe, "_block_count", lambda p: 28)
+    questions = {f"q{i}": f"What is {i}+1?" for i in range(10)}
+    y = {f"e{i}": np.array([1, 0, 1, 0]) for i in range(6)}
+    ext = probe.ProbeTrainingSet("other", {q: np.c_[c + rng.normal(0, 0.5, 4), rng.normal(size=(4, 3))] for q, c in y.items()},
+                                 y, {q: f"How many apples, case {q}?" for q in y})
+
+    shared = probe.ProbeTrainingSet("other", ext.features, ext.correct, {**ext.questions, "e0": "What is 3+1?"})
+    with pytest.raises(ValueError, match=r"external training set other shares 1 question\(s\) with the pool"):
+        probe.score_pool_with_probe(path, cfg, questions, k=5, head_dir=tmp_path / "heads", external=[shared])
+    assert "probe" not in read_pool(path).scorers
+
+    assert probe.score_pool_with_probe(path, cfg, questions, k=5, head_dir=tmp_path / "heads", external=[ext])["written"]
+    meta = read_pool(path).meta["scorers"]["probe"]
+    assert meta["external"] == {"other": 6}
+    assert all(f["external"] == {"other": sorted(y)} for f in meta["folds"])
+    head = probe.ProbeHead.load(tmp_path / "heads" / "all.npz")
+    assert head.meta["external_question_ids"] == {"other": sorted(y)}
+    assert head.meta["n_train"] == 4 * (10 + 6)
+    assert probe.question_digest("How many apples, case e3?") in head.meta["train_question_digests"]
+
+
+def test_generate_score_refuses_an_external_benchmark_without_cached_features(tmp_path, monkeypatch, capsys):
+    """`generate score --scorer probe --probe-external amc23` with no cached AMC23 features stops
+    before any model load, naming the pool, the missing questions and the command that extracts them."""
+    from optscale import generate
+
+    monkeypatch.setenv("OPTSCALE_CACHE", str(tmp_path / "cache"))
+    rc = generate.main(["score", "--scorer", "probe", "--datasets", "gsm8k", "--probe-layers", "16",
+                        "--probe-external", "amc23"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "amc23.parquet: no cached probe features (layers [16]) for 40 of 40 questions" in err
+    assert "--scorer probe --datasets amc23 --probe-layers 16" in err
+    assert generate.main(["score", "--scorer", "probe", "--datasets", "gsm8k", "--probe-external", "gsm8k"]) == 2
+    assert "cannot also be its external training set" in capsys.readouterr().err

@@ -507,14 +507,50 @@ def probe_head_dir(pool_name: str, dataset: str) -> Path:
     return Path(PROJECT_ROOT) / "data" / "probe" / pool_name / dataset
 
 
+@dataclass(frozen=True)
+class ProbeTrainingSet:
+    """Labelled features of another pool's questions (outside the pool being scored), added to every
+    fold's training data: ``features`` / ``correct`` by question id, ``questions`` their texts."""
+
+    name: str
+    features: Mapping[str, np.ndarray]
+    correct: Mapping[str, np.ndarray]
+    questions: Mapping[str, str]
+
+
+def external_training_set(path: str | os.PathLike, questions: Mapping[str, str],
+                          layers: Sequence[int] | None = None) -> ProbeTrainingSet:
+    """The committed pool at ``path`` as a :class:`ProbeTrainingSet`, from its cached features at
+    ``layers`` (default: the generator's full depth; every question must have them: extract with
+    ``generate score --scorer probe`` on that benchmark first)."""
+    from ..data.pools import read_pool
+    from ..sampling.llama_cpp import resolve_gguf
+
+    pool = read_pool(path, allow_partial_scores=True)
+    layers = list(layers or [_block_count(resolve_gguf(pool.meta["sampling"]["model"]))])
+    pool_name = pool.meta.get("pool_name") or Path(path).parent.name
+    feats = cached_pool_features(pool_name, pool.dataset, layers, pool.question_ids)
+    missing = [q for q in pool.question_ids if q not in feats]
+    if missing:
+        raise ValueError(f"{path}: no cached probe features (layers {list(layers)}) for {len(missing)} of "
+                         f"{pool.n_questions} questions (first {missing[:3]}); run `python -m optscale.generate score "
+                         f"--scorer probe --datasets {pool.dataset} --probe-layers {','.join(map(str, layers))}` first")
+    correct = {q: g.sort_values("sample_index")["correct"].to_numpy().astype(int)
+               for q, g in pool.df.groupby("question_id", sort=False)}
+    return ProbeTrainingSet(pool.dataset, feats, correct, {q: questions[q] for q in pool.question_ids})
+
+
 def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mapping[str, str], k: int = 5,
                           C: float = 0.01, layers: Sequence[int] | None = None, hours: float | None = None,
-                          seed: int = 0, write: bool = True, head_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                          seed: int = 0, write: bool = True, head_dir: str | os.PathLike | None = None,
+                          external: Sequence[ProbeTrainingSet] = ()) -> dict[str, Any]:
     """Extract (or read cached) features for every sample of the pool at ``path``, cross-fit the probe
     over its questions (K folds by question id) and write ``score__probe`` with per-fold metadata; the
     fold heads and one head trained on every pool question (for questions outside the pool) are saved
-    under :func:`probe_head_dir` (or ``head_dir``). With ``hours`` the extraction stops early and nothing is written
-    until every question has features (a later run resumes). Returns a summary."""
+    under :func:`probe_head_dir` (or ``head_dir``). ``external``: other pools' questions added to every
+    fold's training data (:func:`external_training_set`; refused if one shares a question's text with
+    this pool). With ``hours`` the extraction stops early and nothing is written until every question
+    has features (a later run resumes). Returns a summary."""
     from ..data.pools import read_pool, write_score_column
     from ..sampling.llama_cpp import resolve_gguf
 
@@ -526,6 +562,12 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
     missing = [q for q in qids if q not in questions]
     if missing:
         raise KeyError(f"{path}: questions {missing[:5]} not in the benchmark's questions")
+    own = {question_digest(questions[q]) for q in qids}
+    for ext in external:
+        shared = sorted(q for q, text in ext.questions.items() if question_digest(text) in own)
+        if shared:
+            raise ValueError(f"{path}: external training set {ext.name} shares {len(shared)} question(s) with the "
+                             f"pool (e.g. {shared[:3]}); a head would score a question it saw")
     t0 = time.time()
     feats = pool_features(df, questions, config.sampling, pool_name, dataset, layers=layers, hours=hours)
     elapsed = time.time() - t0
@@ -536,7 +578,8 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
         return summary
     correct = {q: g.sort_values("sample_index")["correct"].to_numpy().astype(int)
                for q, g in df.groupby("question_id", sort=False)}
-    scores, folds, heads = crossfit_probe_scores(feats, correct, k=k, C=C, seed=seed)
+    scores, folds, heads = crossfit_probe_scores(feats, correct, k=k, C=C, seed=seed,
+                                                 external=[(e.name, e.features, e.correct) for e in external])
     n_blocks = _block_count(resolve_gguf(config.sampling.model))
     layers = list(layers or [n_blocks])
     timing = cached_extraction_timing(pool_name, dataset, layers)
@@ -547,6 +590,7 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
                 "over solution tokens, llama.cpp embeddings), cross-fitted by question",
         "generator": config.sampling.model, "layers": layers, "n_blocks": n_blocks, "k_folds": k, "C": C,
         "seed": seed, "feature_version": PROBE_FEATURE_VERSION, "folds": folds,
+        "external": {e.name: len(e.features) for e in external},  # questions of other pools in every fold's training
         "cpu_seconds_per_sample": secs,  # wall seconds of the extracting process per sample
         "extraction_timing": timing,
     }
@@ -560,11 +604,14 @@ def score_pool_with_probe(path: str | os.PathLike, config: Any, questions: Mappi
         for i, h in enumerate(heads):
             h.meta.update({"scored_question_ids": folds[i]["scored_question_ids"]})
             h.save(out / f"fold{i}.npz")
-        X = np.concatenate([feats[q] for q in qids])
-        y = np.concatenate([correct[q] for q in qids])
+        X = np.concatenate([feats[q] for q in qids] + [e.features[q] for e in external for q in e.features])
+        y = np.concatenate([correct[q] for q in qids] + [e.correct[q] for e in external for q in e.features])
         full = fit_probe_head(X, y, C=C, seed=seed, meta={
             "fold": "all", "pool": pool_name, "dataset": dataset, "layers": layers,
-            "train_question_ids": qids, "train_question_digests": [question_digest(questions[q]) for q in qids]})
+            "train_question_ids": qids,
+            "external_question_ids": {e.name: list(e.features) for e in external},
+            "train_question_digests": [question_digest(questions[q]) for q in qids]
+            + [question_digest(e.questions[q]) for e in external for q in e.features]})
         full.save(out / "all.npz")
     summary.update({"written": write, "cpu_seconds_per_sample": secs})
     return summary

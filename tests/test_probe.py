@@ -184,11 +184,9 @@ def test_learning_curve_rises_with_training_questions_on_a_planted_signal():
     assert lc["auroc_within"].iloc[1] > 0.75
 
 
-def test_pool_scoring_writes_the_column_with_fold_metadata_and_heads_that_refuse_their_questions(
-        tmp_path, monkeypatch):
-    """score_pool_with_probe on a fake-sampler pool, features planted (no model): every sample scored
-    by a head that never saw its question; the metadata names each fold's train / scored questions;
-    the all-question head refuses a question it was trained on."""
+def planted_probe_pool(tmp_path, monkeypatch, seed=0):
+    """A fake-sampler pool of 10 questions x 4 whose probe features are planted (a noisy copy of the
+    correctness and 3 noise columns; no model): (config, pool path, question texts, rng)."""
     import optscale.sampling.llama_cpp as llama_cpp_module
     import optscale.scoring.probe as probe
     from optscale.data.pools import read_pool
@@ -197,14 +195,25 @@ def test_pool_scoring_writes_the_column_with_fold_metadata_and_heads_that_refuse
 
     cfg, path = _fake_pool(tmp_path, n_q=10, n=4)
     df = read_pool(path).df
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     planted = {q: np.c_[g.sort_values("sample_index")["correct"].to_numpy(float) + rng.normal(0, 0.5, len(g)),
                         rng.normal(size=(len(g), 3))] for q, g in df.groupby("question_id")}
     monkeypatch.setenv("OPTSCALE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(probe, "pool_features", lambda *a, **k: planted)
     monkeypatch.setattr(llama_cpp_module, "resolve_gguf", lambda model: tmp_path / "model.gguf")
     monkeypatch.setattr(probe, "_block_count", lambda p: 28)
-    questions = {f"q{i}": f"What is {i}+1?" for i in range(10)}
+    return cfg, path, {f"q{i}": f"What is {i}+1?" for i in range(10)}, rng
+
+
+def test_pool_scoring_writes_the_column_with_fold_metadata_and_heads_that_refuse_their_questions(
+        tmp_path, monkeypatch):
+    """score_pool_with_probe on a fake-sampler pool, features planted (no model): every sample scored
+    by a head that never saw its question; the metadata names each fold's train / scored questions;
+    the all-question head refuses a question it was trained on."""
+    import optscale.scoring.probe as probe
+    from optscale.data.pools import read_pool
+
+    cfg, path, questions, rng = planted_probe_pool(tmp_path, monkeypatch, seed=0)
     out = probe.score_pool_with_probe(path, cfg, questions, k=5, head_dir=tmp_path / "heads")
     assert out["written"]
     pool = read_pool(path)
@@ -259,22 +268,10 @@ def test_pool_scoring_with_an_external_training_set_records_it_and_refuses_a_sha
     training data and the all-question head's, named in the metadata, and its questions refused by
     that head too; an external set sharing a question's text with the pool is refused before anything
     is written."""
-    import optscale.sampling.llama_cpp as llama_cpp_module
     import optscale.scoring.probe as probe
     from optscale.data.pools import read_pool
 
-    from test_evaluation import _fake_pool
-
-    cfg, path = _fake_pool(tmp_path, n_q=10, n=4)
-    df = read_pool(path).df
-    rng = np.random.default_rng(1)
-    planted = {q: np.c_[g.sort_values("sample_index")["correct"].to_numpy(float) + rng.normal(0, 0.5, len(g)),
-                        rng.normal(size=(len(g), 3))] for q, g in df.groupby("question_id")}
-    monkeypatch.setenv("OPTSCALE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(probe, "pool_features", lambda *a, **k: planted)
-    monkeypatch.setattr(llama_cpp_module, "resolve_gguf", lambda model: tmp_path / "model.gguf")
-    monkeypatch.setattr(probe, "_block_count", lambda p: 28)
-    questions = {f"q{i}": f"What is {i}+1?" for i in range(10)}
+    cfg, path, questions, rng = planted_probe_pool(tmp_path, monkeypatch, seed=1)
     y = {f"e{i}": np.array([1, 0, 1, 0]) for i in range(6)}
     ext = probe.ProbeTrainingSet("other", {q: np.c_[c + rng.normal(0, 0.5, 4), rng.normal(size=(4, 3))] for q, c in y.items()},
                                  y, {q: f"How many apples, case {q}?" for q in y})

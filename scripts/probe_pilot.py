@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("layers", help="comma-separated block counts, e.g. 16")
     ap.add_argument("--profile", default="cpu-1.5b")
     ap.add_argument("--external", default="", help="comma-separated benchmarks whose cached features train every fold too")
+    ap.add_argument("--curve-csv", default="", help="also write the learning curve (with the pool named) to this CSV")
+    ap.add_argument("--repeats", type=int, default=3, help="draws of the training questions per learning-curve size")
     args = ap.parse_args(argv)
     ds, layers = args.benchmark, [int(x) for x in args.layers.split(",")]
     cfg = load_config(args.profile, "")
@@ -67,7 +69,15 @@ def main(argv: list[str]) -> int:
                 "extraction_timing": cached_extraction_timing(cfg.pools.pool_name, ds, layers)})
     print(json.dumps(out, indent=1))
     sizes = sorted({2, 4, 8, 16, 32, 64, max(2, int(len(qids) * 0.8) - 1)} & set(range(2, int(len(qids) * 0.8))))
-    print(probe_learning_curve(feats, correct, train_questions=sizes, k=5, C=0.01, repeats=3).to_string())
+    curve = probe_learning_curve(feats, correct, train_questions=sizes, k=5, C=0.01, repeats=args.repeats)
+    print(curve.to_string())
+    fit = curve[curve["train_questions"] >= 8]
+    if len(fit) >= 2:  # a straight line in log2(training questions): what one more doubling bought so far
+        slope = float(np.polyfit(np.log2(fit["train_questions"]), fit["auroc_within"], 1)[0])
+        print(f"within-question AUROC per doubling of the training questions (least squares, m >= 8): {slope:+.3f}")
+    if args.curve_csv:
+        curve.assign(pool=cfg.pools.pool_name, benchmark=ds, layers="-".join(map(str, layers)), C=0.01,
+                     repeats=args.repeats).to_csv(args.curve_csv, index=False)
     return 0
 
 
